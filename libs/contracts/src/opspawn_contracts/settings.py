@@ -1,0 +1,60 @@
+"""Settings every service shares, and loading that fails fast with the variable's name.
+
+Each service's ``settings.py`` subclasses :class:`ServiceSettings`; all variables are prefixed
+``OPSPAWN_``. A bad value stops the service at start with a message naming the variable, rather
+than failing later with a stack trace far from the cause.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from opspawn_contracts.subjects import Subjects, validate_prefix
+
+ENV_PREFIX = "OPSPAWN_"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Comma-separated server URLs of the NATS cluster."""
+    subject_prefix: str = "opspawn"
+    """Namespace of every stream and subject, so several systems can share one NATS."""
+    nats_connect_timeout: float = 5.0
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        return validate_prefix(value)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up for invalid configuration; its message names each bad variable."""
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """Read ``settings_class`` from the environment, or exit naming every bad variable."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        prefix = settings_class.model_config.get("env_prefix", "")
+        lines = [
+            f"  {prefix}{str(detail['loc'][0]).upper() if detail['loc'] else '?'}: {detail['msg']}"
+            for detail in error.errors()
+        ]
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from error

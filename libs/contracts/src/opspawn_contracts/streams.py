@@ -1,0 +1,113 @@
+"""Stream and durable-consumer configuration, and the idempotent set-up every service runs.
+
+Each service calls :func:`ensure_streams` at start, so the system has no separate provisioning
+step and any start order works. Settings that change durability or capacity are explicit here
+rather than left to server defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from opspawn_contracts.subjects import Subjects
+
+DUPLICATE_WINDOW = timedelta(minutes=2)
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Knobs a deployment may change; the rest of the configuration is part of the contract."""
+
+    replicas: int = 1
+    commands_max_age: timedelta = timedelta(days=7)
+
+
+def stream_configs(
+    subjects: Subjects, settings: StreamSettings | None = None
+) -> list[StreamConfig]:
+    settings = settings or StreamSettings()
+    window = DUPLICATE_WINDOW.total_seconds()
+    return [
+        StreamConfig(
+            name=subjects.events_stream,
+            description="Task events: the source of truth. Never expire, never discard.",
+            subjects=[subjects.all_events],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.NEW,
+            duplicate_window=window,
+            max_msg_size=MAX_MESSAGE_BYTES,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=subjects.commands_stream,
+            description="Commands for the scheduler.",
+            subjects=[subjects.all_commands],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=settings.commands_max_age.total_seconds(),
+            max_msg_size=MAX_MESSAGE_BYTES,
+            num_replicas=settings.replicas,
+        ),
+        StreamConfig(
+            name=subjects.work_stream,
+            description="Runnable task attempts; each is removed once a runner acknowledges it.",
+            subjects=[subjects.all_work],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_msg_size=MAX_MESSAGE_BYTES,
+            num_replicas=settings.replicas,
+        ),
+    ]
+
+
+def scheduler_commands_consumer(subjects: Subjects) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.scheduler_commands_consumer,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=5,
+        filter_subject=subjects.all_commands,
+    )
+
+
+def runner_work_consumer(subjects: Subjects) -> ConsumerConfig:
+    """Runners share this durable; ``ack_wait`` is the heartbeat a live runner must beat."""
+    return ConsumerConfig(
+        durable_name=subjects.runner_work_consumer,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=5,
+        max_ack_pending=1024,
+        filter_subject=subjects.all_work,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext, subjects: Subjects, settings: StreamSettings | None = None
+) -> None:
+    """Create the streams, or bring existing ones to the configuration above."""
+    for config in stream_configs(subjects, settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
