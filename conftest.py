@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from opspawn_contracts.streams import ensure_streams
 from opspawn_contracts.subjects import Subjects
+from opspawn_readmodel.database import asyncpg_url
 from opspawn_readmodel.migrate import migrate
 
 # --- NATS ------------------------------------------------------------------------------------
@@ -74,11 +75,6 @@ async def jetstream(nats_client: NatsClient, subjects: Subjects) -> JetStreamCon
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
-def _asyncpg_url(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
 def _docker_answers() -> bool:
     """Whether a Docker daemon answers (``DOCKER_HOST`` or the default socket)."""
     import socket
@@ -103,7 +99,7 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     """An admin URL of some PostgreSQL server (see the module docstring for the order)."""
     configured = os.environ.get("OPSPAWN_TEST_DATABASE_URL")
     if configured:
-        yield _asyncpg_url(configured)
+        yield asyncpg_url(configured)
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer

@@ -25,6 +25,7 @@ class ServiceSettings(BaseSettings):
     subject_prefix: str = "opspawn"
     """Namespace of every stream and subject, so several systems can share one NATS."""
     nats_connect_timeout: float = 5.0
+    log_level: str = "INFO"
 
     @field_validator("subject_prefix")
     @classmethod

@@ -12,6 +12,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from opspawn_readmodel.database import asyncpg_url
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x0795_A11E
 
@@ -30,7 +32,7 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(database_url: str) -> None:
     """Bring the database at ``database_url`` to the newest schema."""
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(asyncpg_url(database_url))
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_upgrade)
