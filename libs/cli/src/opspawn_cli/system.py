@@ -1,0 +1,197 @@
+"""The whole Opspawn system on one machine: what ``opspawn up`` runs, and what end-to-end tests run.
+
+Infrastructure that is not configured is embedded (a private nats-server and PostgreSQL under the
+data directory, on their own ports, never the machine's 4222/5432). The read model is migrated
+once, then each service starts as its own process under the :class:`Supervisor`, and the system
+counts as ready only when every service has said so in its own way:
+
+- gateway: ``GET /healthz`` answers 200;
+- scheduler and runners: their durable JetStream consumers exist;
+- MCP proxy: it answers a status request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import nats
+from nats.js.errors import NotFoundError
+
+from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_cli.settings import CliSettings
+from opspawn_cli.supervisor import ServiceSpec, Supervisor
+from opspawn_readmodel.migrate import migrate
+
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class StartupError(RuntimeError):
+    """The system could not start; the message says what to change or where to look."""
+
+
+def demo_mcp_config(data_dir: Path) -> Path:
+    """An MCP servers file with the third-party ``mcp-server-time`` (works offline)."""
+    path = data_dir / "mcp_servers.yaml"
+    path.write_text(
+        "# Written by `opspawn up` because OPSPAWN_MCP_CONFIG is not set.\n"
+        "servers:\n"
+        "  time:\n"
+        "    transport: stdio\n"
+        f"    command: {sys.executable}\n"
+        '    args: ["-m", "mcp_server_time", "--local-timezone", "UTC"]\n'
+    )
+    return path
+
+
+def _require_free(host: str, port: int, variable: str) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise StartupError(
+                f"{host}:{port} is already in use ({error.strerror}); set {variable} to a free port"
+            ) from error
+
+
+class LocalSystem:
+    def __init__(self, settings: CliSettings, *, echo: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._echo = echo
+        self._data_dir = settings.data_dir.resolve()
+        self._nats: EmbeddedNats | None = None
+        self._postgres: EmbeddedPostgres | None = None
+        self.supervisor: Supervisor | None = None
+        self.nats_url = settings.nats_url or ""
+        self.database_url = settings.database_url or ""
+        self.notes: list[str] = []
+        """What was embedded and where, for the start-up banner."""
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+
+    async def __aenter__(self) -> LocalSystem:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        settings = self.settings
+        _require_free(settings.http_host, settings.http_port, "OPSPAWN_HTTP_PORT")
+        _require_free(settings.grpc_host, settings.grpc_port, "OPSPAWN_GRPC_PORT")
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self._data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        if not self.nats_url:
+            self._nats = EmbeddedNats(self._data_dir / "nats", log_file=logs / "nats-server.log")
+            await asyncio.to_thread(self._nats.start)
+            self.nats_url = self._nats.url
+            self.notes.append(
+                f"embedded nats-server {self.nats_url} (store {self._nats.store_dir})"
+            )
+        if not self.database_url:
+            self._postgres = EmbeddedPostgres(self._data_dir / "postgres")
+            await asyncio.to_thread(self._postgres.start)
+            self.database_url = self._postgres.url()
+            self.notes.append(f"embedded PostgreSQL 16 (data {self._postgres.data_dir})")
+        await migrate(self.database_url)
+        mcp_config = settings.mcp_config or demo_mcp_config(self._data_dir)
+        self.notes.append(f"MCP servers from {mcp_config}")
+        base_env = {
+            "OPSPAWN_NATS_URL": self.nats_url,
+            "OPSPAWN_DATABASE_URL": self.database_url,
+            "OPSPAWN_SUBJECT_PREFIX": settings.subject_prefix,
+            "OPSPAWN_MCP_CONFIG": str(mcp_config),
+            "OPSPAWN_HTTP_HOST": settings.http_host,
+            "OPSPAWN_HTTP_PORT": str(settings.http_port),
+            "OPSPAWN_GRPC_HOST": settings.grpc_host,
+            "OPSPAWN_GRPC_PORT": str(settings.grpc_port),
+            "OPSPAWN_LOG_LEVEL": settings.log_level,
+        }
+        services = [
+            ServiceSpec("scheduler", "scheduler"),
+            ServiceSpec("mcp-proxy", "mcp_proxy"),
+            *(
+                ServiceSpec(
+                    f"agent-runner-{n}", "agent_runner", {"OPSPAWN_RUNNER_ID": f"runner-{n}"}
+                )
+                for n in range(1, settings.runners + 1)
+            ),
+            ServiceSpec("gateway", "gateway"),
+        ]
+        self.supervisor = Supervisor(services, base_env=base_env, log_dir=logs, echo=self._echo)
+        await self.supervisor.start()
+        await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        waiting: set[str] = {"gateway", "scheduler", "agent-runner", "mcp-proxy"}
+        subjects = self.settings.subjects
+        client = await nats.connect(self.nats_url, connect_timeout=5)
+        try:
+            js = client.jetstream()
+            async with httpx.AsyncClient(timeout=2) as http:
+                while waiting:
+                    if "gateway" in waiting:
+                        with contextlib.suppress(httpx.HTTPError):
+                            if (await http.get(f"{self.rest_url}/healthz")).status_code == 200:
+                                waiting.discard("gateway")
+                    for name, stream, durable in (
+                        (
+                            "scheduler",
+                            subjects.commands_stream,
+                            subjects.scheduler_commands_consumer,
+                        ),
+                        ("agent-runner", subjects.work_stream, subjects.runner_work_consumer),
+                    ):
+                        if name in waiting:
+                            with contextlib.suppress(NotFoundError):
+                                await js.consumer_info(stream, durable)
+                                waiting.discard(name)
+                    if "mcp-proxy" in waiting:
+                        with contextlib.suppress(nats.errors.NoRespondersError, TimeoutError):
+                            await client.request(subjects.mcp_status, b"{}", timeout=1)
+                            waiting.discard("mcp-proxy")
+                    if waiting and time.monotonic() > deadline:
+                        raise StartupError(
+                            f"not ready after {timeout:.0f}s: {', '.join(sorted(waiting))}; "
+                            f"see the logs in {self._data_dir / 'logs'}"
+                        )
+                    if waiting:
+                        await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            self.supervisor = None
+        if self._nats is not None:
+            await asyncio.to_thread(self._nats.stop)
+            self._nats = None
+        if self._postgres is not None:
+            await asyncio.to_thread(self._postgres.stop)
+            self._postgres = None
