@@ -38,7 +38,7 @@ def _one_of_each() -> list[Event]:
                 result=3,
                 duration_ms=1.5,
             ),
-        ),  # fmt: skip
+        ),
         events.AgentStepCompleted(
             **common,
             data=events.AgentStepCompletedData(attempt=1, step_index=0, tool_call_ids=["c0"]),
