@@ -79,7 +79,10 @@ class EmbeddedNats:
         output: Any = subprocess.DEVNULL
         if self.log_file is not None:
             output = self.log_file.open("ab")
-        self.process = subprocess.Popen(command, stdout=output, stderr=output)
+        # Its own session: a Ctrl-C meant for `opspawn up` must not stop NATS under the services.
+        self.process = subprocess.Popen(
+            command, stdout=output, stderr=output, start_new_session=True
+        )
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
