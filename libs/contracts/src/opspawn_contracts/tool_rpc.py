@@ -70,3 +70,20 @@ class CallToolReply(_Message):
     result: JsonValue = None
     """Structured content when the tool returns it, else its text content joined."""
     error: ToolError | None = None
+
+
+class McpServerStatus(_Message):
+    server: str
+    transport: str
+    connected: bool
+    tools: int = 0
+    """How many tools the server listed (0 while not connected)."""
+    error: str | None = None
+    """Why the server is not connected, when it is not."""
+
+
+class McpStatusReply(_Message):
+    """Answer on ``Subjects.mcp_status`` (any request payload): the proxy is up, and its servers."""
+
+    ok: bool = True
+    servers: list[McpServerStatus] = Field(default_factory=list)

@@ -1,0 +1,299 @@
+"""The agent loop: ask the planner, check and run its tool calls, report, repeat until told to stop.
+
+Stop conditions, checked explicitly: the planner's final answer (a plan is exhausted), a failed
+tool call (when ``stop_on_tool_error``, the default for plans), ``max_steps``, the run's deadline,
+and the ``cancel`` event. The last two also interrupt a tool call in flight: the call's task is
+cancelled, which kills its sandbox process or abandons its request, before the run returns.
+
+Progress is reported through ``on_step``, awaited for every record before the loop goes on, so a
+caller that persists records (the runner appends events) gets them in order and applies
+back-pressure. An exception from ``on_step`` ends the run by propagating: a run whose progress
+cannot be recorded should not carry on unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from pydantic import JsonValue
+
+from agentkit.errors import PlanError, ToolError
+from agentkit.interfaces import (
+    CallContext,
+    CallOutcome,
+    FinalAnswer,
+    Memory,
+    Message,
+    Planner,
+    RunState,
+    SecurityManager,
+    ToolCall,
+    ToolManager,
+)
+from agentkit.steps import (
+    AgentResult,
+    StepFinished,
+    StepRecord,
+    StopReason,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+
+StepCallback = Callable[[StepRecord], Awaitable[None]]
+T = TypeVar("T")
+
+
+class _Interrupted(Exception):
+    def __init__(self, reason: StopReason) -> None:
+        self.reason = reason
+
+
+class Agent:
+    """One agent configuration; ``memory`` belongs to a single run, so make an Agent per run.
+
+    The planner, tool manager and security manager may be shared between agents.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        tools: ToolManager,
+        security: SecurityManager,
+        memory: Memory,
+        *,
+        max_steps: int = 50,
+        stop_on_tool_error: bool = True,
+    ) -> None:
+        if max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        self._planner = planner
+        self._tools = tools
+        self._security = security
+        self._memory = memory
+        self._max_steps = max_steps
+        self._stop_on_tool_error = stop_on_tool_error
+
+    async def run(
+        self,
+        input_data: dict[str, JsonValue],
+        *,
+        on_step: StepCallback | None = None,
+        cancel: asyncio.Event | None = None,
+        timeout_seconds: float | None = None,
+        context: CallContext | None = None,
+    ) -> AgentResult:
+        """Run until a stop condition; never raises for a failure of the task itself.
+
+        ``timeout_seconds`` bounds the whole run (the deadline); setting ``cancel`` stops it.
+        """
+        run = _Run(
+            self,
+            input_data,
+            on_step=on_step,
+            cancel=cancel,
+            timeout_seconds=timeout_seconds,
+            context=context or CallContext(),
+        )
+        return await run.execute()
+
+
+class _Run:
+    """The state of one :meth:`Agent.run`."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        input_data: dict[str, JsonValue],
+        *,
+        on_step: StepCallback | None,
+        cancel: asyncio.Event | None,
+        timeout_seconds: float | None,
+        context: CallContext,
+    ) -> None:
+        self._agent = agent
+        self._input = input_data
+        self._on_step = on_step
+        self._cancel = cancel
+        self._timeout = timeout_seconds
+        self._deadline = (
+            None if timeout_seconds is None else asyncio.get_running_loop().time() + timeout_seconds
+        )
+        self._context = context
+        self._completed_steps: list[tuple[CallOutcome, ...]] = []
+        self._current_step: list[CallOutcome] = []
+
+    async def execute(self) -> AgentResult:
+        agent = self._agent
+        agent._memory.add(Message(role="user", content=json.dumps(self._input)))
+        while True:
+            step_index = len(self._completed_steps)
+            state = RunState(
+                input_data=self._input,
+                completed_steps=tuple(self._completed_steps),
+                memory=agent._memory,
+                tools=agent._tools.list_tools(),
+            )
+            try:
+                decision = await self._interruptible(partial(agent._planner.decide, state))
+            except PlanError as error:
+                return self._failure(StopReason.PLAN_INVALID, str(error))
+            except _Interrupted as interrupted:
+                return self._interrupted(interrupted.reason, step_index, None)
+            if isinstance(decision, FinalAnswer):
+                output = {**self._partial_output(), "result": decision.result}
+                return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
+            if step_index >= agent._max_steps:
+                return self._failure(
+                    StopReason.MAX_STEPS,
+                    f"stopped after {agent._max_steps} steps (max_steps) before the planner "
+                    "finished",
+                )
+            if decision.message is not None:
+                agent._memory.add(Message(role="assistant", content=decision.message))
+            self._current_step = []
+            for call in decision.calls:
+                failure = await self._run_call(step_index, call)
+                if failure is not None:
+                    return failure
+            self._completed_steps.append(tuple(self._current_step))
+            self._current_step = []
+            await self._emit(
+                StepFinished(
+                    step_index=step_index,
+                    tool_call_ids=tuple(call.call_id for call in decision.calls),
+                    message=decision.message,
+                )
+            )
+
+    async def _run_call(self, step_index: int, call: ToolCall) -> AgentResult | None:
+        """Run one call and record it; the run's result if this call ends the run."""
+        agent = self._agent
+        agent._memory.add(
+            Message(
+                role="assistant",
+                content=json.dumps({"tool": call.tool, "arguments": call.arguments}),
+                tool_call_id=call.call_id,
+            )
+        )
+        await self._emit(
+            ToolCallStarted(
+                step_index=step_index,
+                call_id=call.call_id,
+                tool=call.tool,
+                arguments=call.arguments,
+            )
+        )
+        started = time.perf_counter()
+        result: JsonValue = None
+        error: str | None = None
+        interrupted: StopReason | None = None
+        try:
+            result = await self._interruptible(lambda: self._authorized_call(call))
+        except ToolError as tool_error:
+            error = str(tool_error)
+        except _Interrupted as stop:
+            interrupted = stop.reason
+            error = self._interruption_text(stop.reason)
+        duration_ms = (time.perf_counter() - started) * 1000
+        agent._memory.add(
+            Message(
+                role="tool",
+                content=json.dumps(result) if error is None else f"error: {error}",
+                tool_call_id=call.call_id,
+            )
+        )
+        await self._emit(
+            ToolCallFinished(
+                step_index=step_index,
+                call_id=call.call_id,
+                tool=call.tool,
+                ok=error is None,
+                result=result,
+                error=error,
+                duration_ms=duration_ms,
+            )
+        )
+        if interrupted is not None:
+            return self._interrupted(interrupted, step_index, call.tool)
+        if error is not None and agent._stop_on_tool_error:
+            return self._failure(
+                StopReason.TOOL_FAILED, f"step {step_index + 1} ({call.tool}) failed: {error}"
+            )
+        self._current_step.append(CallOutcome(call=call, result=result, error=error))
+        return None
+
+    async def _authorized_call(self, call: ToolCall) -> JsonValue:
+        await self._agent._security.authorize(call, self._context)
+        return await self._agent._tools.call(call, self._context)
+
+    async def _interruptible(self, start: Callable[[], Awaitable[T]]) -> T:
+        """Await what ``start`` begins, unless the deadline passes or ``cancel`` is set first.
+
+        On interruption that work is cancelled and awaited (so a tool's process is gone) before
+        :class:`_Interrupted` is raised; nothing is started when a stop is already due.
+        """
+        self._check_stops()
+        work = asyncio.ensure_future(start())
+        waiters: list[asyncio.Future[Any]] = [work]
+        if self._cancel is not None:
+            waiters.append(asyncio.ensure_future(self._cancel.wait()))
+        try:
+            remaining = None
+            if self._deadline is not None:
+                remaining = max(self._deadline - asyncio.get_running_loop().time(), 0)
+            done, _ = await asyncio.wait(
+                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if work in done:
+                return work.result()
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        self._check_stops(deadline_passed=True)
+        raise AssertionError("unreachable: a wait ends by completion, cancel or deadline")
+
+    def _check_stops(self, *, deadline_passed: bool = False) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise _Interrupted(StopReason.CANCELLED)
+        if self._deadline is not None and (
+            deadline_passed or asyncio.get_running_loop().time() >= self._deadline
+        ):
+            raise _Interrupted(StopReason.DEADLINE)
+
+    def _interruption_text(self, reason: StopReason) -> str:
+        if reason is StopReason.CANCELLED:
+            return "cancelled"
+        return f"deadline of {self._timeout:g}s exceeded"
+
+    def _interrupted(self, reason: StopReason, step_index: int, tool: str | None) -> AgentResult:
+        where = (
+            f"during step {step_index + 1} ({tool})" if tool else f"before step {step_index + 1}"
+        )
+        return self._failure(reason, f"{self._interruption_text(reason)} {where}")
+
+    def _failure(self, reason: StopReason, message: str) -> AgentResult:
+        return AgentResult(
+            ok=False, stop_reason=reason, output=self._partial_output(), error_message=message
+        )
+
+    def _partial_output(self) -> dict[str, JsonValue]:
+        steps: list[JsonValue] = [
+            {
+                "tool": outcome.call.tool,
+                "args": outcome.call.arguments,
+                **({"result": outcome.result} if outcome.ok else {"error": outcome.error}),
+            }
+            for step in (*self._completed_steps, self._current_step)
+            for outcome in step
+        ]
+        return {"steps": steps}
+
+    async def _emit(self, record: StepRecord) -> None:
+        if self._on_step is not None:
+            await self._on_step(record)

@@ -1,0 +1,101 @@
+"""Tools every runner has without any MCP server: arithmetic (``math.*``) and ``util.sleep``.
+
+They exist to make plans testable end to end: arithmetic gives results to check and a tool that
+raises (``math.divide`` by zero), ``util.sleep`` a tool that outlives its timeout or gets
+cancelled. Numbers are JSON numbers: integers stay integers (``2 + 3`` is ``5``), booleans and
+numeric strings are refused, and non-finite values are errors rather than invalid JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from agentkit.tools import Tool, ToolRegistry
+
+
+def _json_number(value: object) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number", "Input should be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return value
+
+
+def _non_negative(value: int | float) -> int | float:
+    if value < 0:
+        raise PydanticCustomError("non_negative", "Input should be greater than or equal to 0")
+    return value
+
+
+Number = Annotated[int | float, PlainValidator(_json_number), WithJsonSchema({"type": "number"})]
+NonNegativeNumber = Annotated[
+    int | float,
+    PlainValidator(lambda value: _non_negative(_json_number(value))),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+
+
+class Operands(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    a: Number = Field(description="Left operand.")
+    b: Number = Field(description="Right operand.")
+
+
+class SleepInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: NonNegativeNumber = Field(description="How long to sleep, in seconds.")
+
+
+def _finite(value: int | float) -> int | float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OverflowError("result is too large to represent")
+    return value
+
+
+def add(args: Operands) -> int | float:
+    """Return a + b."""
+    return _finite(args.a + args.b)
+
+
+def subtract(args: Operands) -> int | float:
+    """Return a - b."""
+    return _finite(args.a - args.b)
+
+
+def multiply(args: Operands) -> int | float:
+    """Return a * b."""
+    return _finite(args.a * args.b)
+
+
+def divide(args: Operands) -> float:
+    """Return a / b (always a float); dividing by zero is an error."""
+    if args.b == 0:
+        raise ZeroDivisionError("division by zero")  # the same words for ints and floats
+    return float(_finite(args.a / args.b))
+
+
+def sleep(args: SleepInput) -> int | float:
+    """Sleep for the given number of seconds and return it."""
+    time.sleep(args.seconds)
+    return args.seconds
+
+
+BUILTIN_TOOLS: tuple[Tool, ...] = (
+    Tool.from_function(add, name="math.add"),
+    Tool.from_function(subtract, name="math.subtract"),
+    Tool.from_function(multiply, name="math.multiply"),
+    Tool.from_function(divide, name="math.divide"),
+    Tool.from_function(sleep, name="util.sleep"),
+)
+
+
+def builtin_registry() -> ToolRegistry:
+    """A fresh registry holding the built-in tools (add your own to it)."""
+    return ToolRegistry(BUILTIN_TOOLS)

@@ -1,0 +1,171 @@
+"""The four parts an :class:`~agentkit.agent.Agent` is assembled from, and the values they exchange.
+
+* :class:`Planner` decides what to do next: call tools, or give the final answer.
+* :class:`ToolManager` knows which tools exist and carries out a call.
+* :class:`SecurityManager` allows or refuses each call before it runs.
+* :class:`Memory` holds the conversation so far (what a language-model planner reads).
+
+They are :class:`typing.Protocol` classes, so an implementation needs no base class, and the agent
+takes all of them by injection: a deterministic plan and an LLM planner, local tools and tools
+behind the MCP proxy, are swapped without touching the loop.
+
+Tool names are namespaced, ``<namespace>.<name>`` (``math.add``, ``time.get_current_time``): the
+namespace says who provides the tool (a local built-in group or an MCP server).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+from uuid import UUID
+
+from pydantic import JsonValue
+
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_./-]+$"
+"""``<namespace>.<name>``; the namespace is a single NATS subject token (it may be a server)."""
+
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
+
+
+def split_tool_name(name: str) -> tuple[str, str]:
+    """``"math.add"`` → ``("math", "add")``; raises :class:`ValueError` for a malformed name."""
+    if not _TOOL_NAME.fullmatch(name):
+        raise ValueError(
+            f"tool name {name!r} must be '<namespace>.<name>' "
+            "(letters, digits, '_' or '-' in the namespace)"
+        )
+    namespace, _, tool = name.partition(".")
+    return namespace, tool
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What a planner may know about a tool: enough to build a function-calling schema."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One requested tool invocation. ``call_id`` is unique within a run."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue]
+    timeout_seconds: float | None = None
+    """This call's own limit; ``None`` means the tool manager's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Facts about the run a tool manager may need (e.g. to tag a remote call for its logs)."""
+
+    task_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalls:
+    """Planner decision: run these calls (in order) as the next step."""
+
+    calls: tuple[ToolCall, ...]
+    message: str | None = None
+    """The planner's own words about the step, if it has any (an LLM's reasoning text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinalAnswer:
+    """Planner decision: the run is done; ``result`` becomes the output's ``"result"``."""
+
+    result: JsonValue = None
+
+
+Decision = ToolCalls | FinalAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A finished call: its ``result``, or the ``error`` it failed with."""
+
+    call: ToolCall
+    result: JsonValue = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What a planner sees when asked for the next decision."""
+
+    input_data: dict[str, JsonValue]
+    completed_steps: Sequence[tuple[CallOutcome, ...]]
+    """The calls of every finished step, oldest first; ``len`` is the next step's index."""
+    memory: Memory
+    tools: Sequence[ToolSpec] = field(default_factory=tuple)
+
+
+# --- parts -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Planner(Protocol):
+    async def decide(self, state: RunState) -> Decision:
+        """The next step's calls, or the final answer.
+
+        Raises :class:`~agentkit.errors.PlanError` when the input cannot be planned; the run then
+        fails with that message. A planner keeps no per-run state of its own (everything it needs
+        is in ``state``), so one instance can serve concurrent runs.
+        """
+        ...
+
+
+@runtime_checkable
+class ToolManager(Protocol):
+    def list_tools(self) -> Sequence[ToolSpec]:
+        """Tools this manager knows up front (remote ones may be callable without being listed)."""
+        ...
+
+    async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
+        """Run ``call`` and return its JSON result.
+
+        Every failure of the call itself (unknown tool, bad arguments, timeout, the tool raising,
+        the tool's host unreachable) is a :class:`~agentkit.errors.ToolError` whose message is
+        recorded for the step. Cancelling the awaiting task must stop the call and release what it
+        holds (kill its process, abandon its request).
+        """
+        ...
+
+
+@runtime_checkable
+class SecurityManager(Protocol):
+    async def authorize(self, call: ToolCall, context: CallContext) -> None:
+        """Return if ``call`` may run; raise :class:`~agentkit.errors.ToolDenied` saying why not."""
+        ...
+
+
+@runtime_checkable
+class Memory(Protocol):
+    """A run's conversation. One instance belongs to one run."""
+
+    def add(self, message: Message) -> None: ...
+
+    def messages(self) -> Sequence[Message]:
+        """The retained messages, oldest first."""
+        ...

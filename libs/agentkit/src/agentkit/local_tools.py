@@ -1,0 +1,49 @@
+"""The tool manager for tools that run on this machine: a registry plus a sandbox to run them in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import JsonValue
+
+from agentkit.interfaces import CallContext, ToolCall, ToolSpec
+from agentkit.sandbox import SubprocessSandbox, ToolExecutor, ToolJob
+from agentkit.tools import ToolRegistry
+
+
+class LocalTools:
+    """A :class:`~agentkit.interfaces.ToolManager` over ``registry``.
+
+    Arguments are validated here, before any process starts, so a bad call costs nothing and says
+    which field is wrong; results are checked against the tool's output type.
+    """
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        executor: ToolExecutor | None = None,
+        default_timeout: float = 30.0,
+    ) -> None:
+        self.registry = registry
+        self._executor = executor or SubprocessSandbox()
+        self._default_timeout = default_timeout
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        return self.registry.namespaces
+
+    def list_tools(self) -> Sequence[ToolSpec]:
+        return self.registry.schemas()
+
+    async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
+        tool = self.registry.get(call.tool)
+        arguments = tool.validate_arguments(call.arguments)
+        job = ToolJob(
+            tool=tool.name,
+            function_ref=tool.function_ref,
+            input_model_ref=tool.input_model_ref,
+            arguments=arguments,
+        )
+        timeout = call.timeout_seconds or self._default_timeout
+        return tool.validate_result(await self._executor.execute(job, timeout=timeout))

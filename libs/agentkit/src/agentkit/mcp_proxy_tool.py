@@ -1,0 +1,116 @@
+"""Calling tools of MCP servers through the MCP proxy, over NATS request/reply.
+
+A call to ``<server>.<tool>`` becomes a :class:`~opspawn_contracts.tool_rpc.CallToolRequest` on
+``Subjects.mcp_call_tool(server)``; the proxy answers with a
+:class:`~opspawn_contracts.tool_rpc.CallToolReply`. Every way this can fail ends as a
+:class:`~agentkit.errors.ToolError` whose message says which side failed: the proxy's structured
+errors map to the matching error type, "no responders" means no proxy is running, and a missing
+reply means the proxy (or its server) is stuck.
+
+The proxy enforces the call's timeout itself (it is sent as ``timeout_seconds``) and replies with
+a timeout error; this side waits ``reply_margin`` longer, for the time NATS and the proxy add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import JsonValue, ValidationError
+
+from agentkit.errors import (
+    InvalidArguments,
+    ToolError,
+    ToolTimeout,
+    ToolUnavailable,
+    UnknownTool,
+    describe_validation_error,
+)
+from agentkit.interfaces import CallContext, ToolCall, ToolSpec, split_tool_name
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest, ToolErrorCode
+
+
+class McpProxyTools:
+    """A :class:`~agentkit.interfaces.ToolManager` for tools behind the MCP proxy.
+
+    ``default_timeout`` applies to calls that do not set their own. Tools are not listed up front
+    (``list_tools`` is empty): a call names its server and tool, and the proxy says if either is
+    unknown.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        default_timeout: float = 60.0,
+        reply_margin: float = 2.0,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._default_timeout = default_timeout
+        self._reply_margin = reply_margin
+
+    def list_tools(self) -> Sequence[ToolSpec]:
+        return ()
+
+    async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
+        try:
+            server, tool = split_tool_name(call.tool)
+            subject = self._subjects.mcp_call_tool(server)
+        except ValueError as error:
+            raise UnknownTool(call.tool, str(error)) from None
+        timeout = call.timeout_seconds or self._default_timeout
+        request = CallToolRequest(
+            server=server,
+            tool=tool,
+            arguments=call.arguments,
+            task_id=context.task_id,
+            timeout_seconds=timeout,
+        )
+        try:
+            message = await self._nc.request(
+                subject, request.model_dump_json().encode(), timeout=timeout + self._reply_margin
+            )
+        except NoRespondersError:
+            raise ToolUnavailable(
+                f"MCP server {server!r} is not available: no proxy answered"
+            ) from None
+        except NatsTimeoutError:
+            raise ToolTimeout(
+                timeout, f"the MCP proxy did not answer for server {server!r}"
+            ) from None
+        except NatsError as error:
+            raise ToolUnavailable(f"MCP server {server!r} is not available: {error}") from error
+        try:
+            reply = CallToolReply.model_validate_json(message.data)
+        except ValidationError as error:
+            raise ToolError(
+                f"the MCP proxy sent an invalid reply: {describe_validation_error(error)}"
+            ) from None
+        if reply.ok:
+            return reply.result
+        raise _tool_error(call.tool, server, timeout, reply)
+
+
+def _tool_error(name: str, server: str, timeout: float, reply: CallToolReply) -> ToolError:
+    error = reply.error
+    if error is None:
+        return ToolError("the MCP proxy reported a failure without saying what failed")
+    match error.code:
+        case ToolErrorCode.UNKNOWN_SERVER | ToolErrorCode.UNKNOWN_TOOL:
+            return UnknownTool(name, error.message)
+        case ToolErrorCode.INVALID_ARGUMENTS:
+            return InvalidArguments(f"invalid arguments for {name}: {error.message}")
+        case ToolErrorCode.TOOL_ERROR:
+            return ToolError(f"the tool reported an error: {error.message}")
+        case ToolErrorCode.TIMEOUT:
+            return ToolTimeout(timeout, error.message)
+        case ToolErrorCode.UNAVAILABLE:
+            return ToolUnavailable(f"MCP server {server!r} is not available: {error.message}")
+        case _:
+            return ToolError(f"the MCP proxy refused the call ({error.code}): {error.message}")

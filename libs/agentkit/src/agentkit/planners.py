@@ -1,0 +1,86 @@
+"""Planners: who decides the next step. For now one, :class:`PlanPlanner`, which needs no LLM.
+
+A plan is part of the task's input, ``input_data["plan"]``::
+
+    [{"tool": "math.add", "args": {"a": 2, "b": 3}},
+     {"tool": "util.sleep", "args": {"seconds": 1}, "timeout_seconds": 5}]
+
+Steps run in order, one tool call each; the run's result is the last step's result. A step's
+``timeout_seconds`` overrides the tool manager's default for that call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+)
+
+from agentkit.errors import PlanError, describe_validation_error
+from agentkit.interfaces import (
+    Decision,
+    FinalAnswer,
+    RunState,
+    ToolCall,
+    ToolCalls,
+    split_tool_name,
+)
+
+MAX_PLAN_STEPS = 1000
+MAX_STEP_TIMEOUT_SECONDS = 24 * 3600
+
+
+def _tool_name(name: str) -> str:
+    split_tool_name(name)
+    return name
+
+
+class PlanStep(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: Annotated[str, AfterValidator(_tool_name)]
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_STEP_TIMEOUT_SECONDS)
+
+
+Plan = Annotated[list[PlanStep], Field(min_length=1, max_length=MAX_PLAN_STEPS)]
+plan_adapter: TypeAdapter[list[PlanStep]] = TypeAdapter(Plan)
+
+
+def parse_plan(input_data: dict[str, JsonValue]) -> list[PlanStep]:
+    """The validated plan of ``input_data``, or :class:`PlanError` saying what is wrong where."""
+    if "plan" not in input_data:
+        raise PlanError(
+            "input_data has no 'plan': provide a list of steps such as "
+            '{"tool": "math.add", "args": {"a": 2, "b": 3}}'
+        )
+    try:
+        return plan_adapter.validate_python(input_data["plan"])
+    except ValidationError as error:
+        raise PlanError(f"invalid plan: {describe_validation_error(error, root='plan')}") from None
+
+
+class PlanPlanner:
+    """Carries out ``input_data["plan"]`` step by step; deterministic, and stateless per run."""
+
+    async def decide(self, state: RunState) -> Decision:
+        plan = parse_plan(state.input_data)
+        index = len(state.completed_steps)
+        if index >= len(plan):
+            last = state.completed_steps[-1][-1] if state.completed_steps[-1] else None
+            return FinalAnswer(result=last.result if last is not None else None)
+        step = plan[index]
+        call = ToolCall(
+            call_id=f"plan-{index}",
+            tool=step.tool,
+            arguments=step.args,
+            timeout_seconds=step.timeout_seconds,
+        )
+        return ToolCalls(calls=(call,))

@@ -1,0 +1,3 @@
+from agent_runner.app import main
+
+main()

@@ -1,0 +1,130 @@
+"""Wiring the agent runner: one NATS connection, the tools, and the work consumer.
+
+``python -m agent_runner`` runs :func:`main`. Tests and the end-to-end harness run the same
+service in-process with :func:`run` (until an event is set) or :func:`running` (a context manager
+entered once the runner is ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nats.js.api import ConsumerConfig
+
+from agent_runner.execution import TaskExecution
+from agent_runner.settings import RunnerSettings
+from agent_runner.work_consumer import WorkConsumer
+from agentkit import LocalTools, McpProxyTools, ToolRouter, builtin_registry
+from opspawn_contracts.event_log import EventLog
+from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.settings import load_settings
+from opspawn_contracts.streams import ensure_streams
+
+SERVICE_NAME = "agent-runner"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runner:
+    consumer: WorkConsumer
+    loop: asyncio.Task[None]
+
+    async def until(self, stop: asyncio.Event) -> None:
+        """Wait for ``stop``, or for the consume loop to end on its own (only a failure does)."""
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([stopped, self.loop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: RunnerSettings, *, consumer_config: ConsumerConfig | None = None
+) -> AsyncIterator[Runner]:
+    """The runner, started and ready, until the block ends.
+
+    Ready means: streams ensured and the shared durable work consumer created (what the
+    supervisor checks). Leaving the block stops pulling, lets running tasks finish for
+    ``shutdown_grace_seconds``, releases the rest to other runners, then closes the connection.
+    """
+    async with contextlib.AsyncExitStack() as resources:
+        client = await connect(settings, name=f"{SERVICE_NAME} {settings.runner_id}")
+        resources.push_async_callback(client.drain)
+        js = client.jetstream()
+        await ensure_streams(js, settings.subjects)
+        tools = ToolRouter(
+            LocalTools(builtin_registry(), default_timeout=settings.tool_timeout_seconds),
+            McpProxyTools(
+                client, settings.subjects, default_timeout=settings.mcp_request_timeout_seconds
+            ),
+        )
+        execution = TaskExecution(
+            EventLog(js, settings.subjects),
+            tools,
+            runner_id=settings.runner_id,
+            max_steps=settings.max_steps,
+        )
+        consumer = WorkConsumer(
+            js,
+            settings.subjects,
+            execution,
+            max_concurrent=settings.max_concurrent_tasks,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            consumer_config=consumer_config,
+        )
+        await consumer.start()
+        stop = asyncio.Event()
+        runner = Runner(consumer, asyncio.create_task(consumer.run(stop), name="work consumer"))
+        logger.info(
+            "ready: prefix %s, up to %d tasks at once",
+            settings.subject_prefix,
+            settings.max_concurrent_tasks,
+        )
+        try:
+            yield runner
+        finally:
+            stop.set()
+            (outcome,) = await asyncio.gather(runner.loop, return_exceptions=True)
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def run(settings: RunnerSettings, stop: asyncio.Event) -> None:
+    """Run the runner until ``stop`` is set, then shut down gracefully.
+
+    Raises what stopped it early: a start-up failure (NATS unreachable) or the loop's.
+    """
+    async with running(settings) as runner:
+        await runner.until(stop)
+
+
+async def _serve(settings: RunnerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run(settings, stop)
+    logger.info("stopped")
+
+
+def main() -> None:
+    """``python -m agent_runner``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM."""
+    settings = load_settings(RunnerSettings)
+    logging.basicConfig(
+        level=settings.log_level,
+        format=(
+            f"%(asctime)s {SERVICE_NAME}[{settings.runner_id}] %(levelname)s %(name)s: %(message)s"
+        ),
+    )
+    try:
+        asyncio.run(_serve(settings))
+    except Exception:
+        logger.exception("stopped by an error")
+        raise SystemExit(1) from None

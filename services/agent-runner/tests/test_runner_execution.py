@@ -1,0 +1,361 @@
+"""A task assignment through the runner to its events, on a real nats-server.
+
+Each test starts the runner in-process (``app.run`` with a stop event), puts a TaskAssignment on
+the work queue the way the scheduler does (after appending TaskSubmitted), and reads the task's
+history back from the events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import JsonValue
+
+from agent_runner.app import run
+from agent_runner.execution import NO_PLAN_MESSAGE
+from agent_runner.settings import RunnerSettings
+from opspawn_cli.embedded import EmbeddedNats
+from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.events import TERMINAL_EVENT_TYPES, TaskSubmitted, TaskSubmittedData
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.work import TaskAssignment
+
+pytestmark = pytest.mark.integration
+
+RUNNER_ID = "runner-under-test"
+
+
+async def _eventually(check: Any, what: str, timeout: float = 15.0) -> Any:
+    """Poll ``await check()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def runner(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> AsyncIterator[RunnerSettings]:
+    settings = RunnerSettings(
+        nats_url=nats_server.url,
+        subject_prefix=subjects.prefix,
+        runner_id=RUNNER_ID,
+        mcp_request_timeout_seconds=2,
+        shutdown_grace_seconds=1,
+    )
+    stop = asyncio.Event()
+    service = asyncio.create_task(run(settings, stop))
+
+    async def ready() -> bool:
+        if service.done():
+            service.result()
+        try:
+            await jetstream.consumer_info(subjects.work_stream, subjects.runner_work_consumer)
+        except NotFoundError:
+            return False
+        return True
+
+    await _eventually(ready, "the runner's durable consumer")
+    yield settings
+    stop.set()
+    await asyncio.wait_for(service, timeout=15)
+
+
+async def submit(
+    js: JetStreamContext, subjects: Subjects, input_data: dict[str, JsonValue]
+) -> tuple[UUID, TaskSubmitted]:
+    """Do what the scheduler does: TaskSubmitted, then the assignment on the work queue."""
+    task_id = uuid4()
+    submitted = TaskSubmitted(
+        task_id=task_id,
+        correlation_id=uuid4(),
+        data=TaskSubmittedData(task_type="agent_run", input_data=input_data),
+    )
+    await EventLog(js, subjects).append(submitted, expected_version=0)
+    assignment = TaskAssignment(
+        task_id=task_id,
+        task_type="agent_run",
+        input_data=input_data,
+        correlation_id=submitted.correlation_id,
+        causation_id=submitted.event_id,
+    )
+    await js.publish(
+        subjects.work("agent_run"),
+        assignment.model_dump_json().encode(),
+        stream=subjects.work_stream,
+        headers={"Nats-Msg-Id": assignment.msg_id()},
+    )
+    return task_id, submitted
+
+
+async def finished_history(
+    js: JetStreamContext, subjects: Subjects, task_id: UUID
+) -> list[StoredEvent]:
+    """The task's history once it ends in a terminal event and its work message is acked."""
+    log = EventLog(js, subjects)
+
+    async def terminal() -> list[StoredEvent] | None:
+        history = await log.task_history(task_id)
+        return history if history and history[-1].event.event_type in TERMINAL_EVENT_TYPES else None
+
+    history: list[StoredEvent] = await _eventually(terminal, f"task {task_id} to finish")
+
+    async def acked() -> bool:
+        return (await js.stream_info(subjects.work_stream)).state.messages == 0
+
+    await _eventually(acked, "the work message to be acknowledged")
+    return history
+
+
+def summary(history: list[StoredEvent]) -> list[tuple[str, dict[str, Any]]]:
+    """Event types and data, ``duration_ms`` left out (checked to be a duration)."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for stored in history:
+        data = stored.event.data.model_dump(mode="json")
+        if "duration_ms" in data:
+            assert data.pop("duration_ms") >= 0
+        rows.append((stored.event.event_type, data))
+    return rows
+
+
+def assert_one_chain(history: list[StoredEvent], submitted: TaskSubmitted) -> None:
+    """Every event after TaskSubmitted is caused by the one before and shares the correlation."""
+    events = [stored.event for stored in history]
+    assert events[0] == submitted
+    for previous, event in itertools.pairwise(events):
+        assert event.causation_id == previous.event_id
+        assert event.correlation_id == submitted.correlation_id
+
+
+def started() -> tuple[str, dict[str, Any]]:
+    return ("TaskStarted", {"attempt": 1, "runner_id": RUNNER_ID})
+
+
+def requested(step: int, tool: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return (
+        "ToolCallRequested",
+        {
+            "attempt": 1,
+            "step_index": step,
+            "call_id": f"plan-{step}",
+            "tool": tool,
+            "arguments": arguments,
+        },
+    )
+
+
+def completed(
+    step: int, tool: str, *, result: Any = None, error: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    return (
+        "ToolCallCompleted",
+        {
+            "attempt": 1,
+            "step_index": step,
+            "call_id": f"plan-{step}",
+            "tool": tool,
+            "ok": error is None,
+            "result": result,
+            "error": error,
+        },
+    )
+
+
+def step_done(step: int) -> tuple[str, dict[str, Any]]:
+    return (
+        "AgentStepCompleted",
+        {"attempt": 1, "step_index": step, "tool_call_ids": [f"plan-{step}"], "message": None},
+    )
+
+
+ADD: dict[str, JsonValue] = {"tool": "math.add", "args": {"a": 2, "b": 3}}
+ADD_STEP = {"tool": "math.add", "args": {"a": 2, "b": 3}, "result": 5}
+
+
+async def test_a_two_step_plan_completes_with_every_step_recorded(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    multiply: dict[str, JsonValue] = {"tool": "math.multiply", "args": {"a": 5, "b": 4}}
+    input_data: dict[str, JsonValue] = {"goal": "add then multiply", "plan": [ADD, multiply]}
+    task_id, submitted = await submit(jetstream, subjects, input_data)
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        started(),
+        requested(0, "math.add", {"a": 2, "b": 3}),
+        completed(0, "math.add", result=5),
+        step_done(0),
+        requested(1, "math.multiply", {"a": 5, "b": 4}),
+        completed(1, "math.multiply", result=20),
+        step_done(1),
+        (
+            "TaskCompleted",
+            {
+                "attempt": 1,
+                "output_data": {
+                    "steps": [
+                        ADD_STEP,
+                        {"tool": "math.multiply", "args": {"a": 5, "b": 4}, "result": 20},
+                    ],
+                    "result": 20,
+                },
+            },
+        ),
+    ]
+    assert_one_chain(history, submitted)
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        ({"tool": "math.pow", "args": {"a": 2, "b": 8}}, "unknown tool 'math.pow'"),
+        (
+            {"tool": "nope.tool", "args": {}},
+            "MCP server 'nope' is not available: no proxy answered",
+        ),
+    ],
+    ids=["unknown-local-tool", "no-mcp-proxy"],
+)
+async def test_a_tool_nobody_provides_fails_the_task(
+    runner: RunnerSettings,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    step: dict[str, JsonValue],
+    error: str,
+) -> None:
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [step]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    tool = str(step["tool"])
+    assert summary(history)[1:] == [
+        started(),
+        requested(0, tool, {"a": 2, "b": 8} if tool == "math.pow" else {}),
+        completed(0, tool, error=error),
+        (
+            "TaskFailed",
+            {
+                "attempt": 1,
+                "error_message": f"step 1 ({tool}) failed: {error}",
+                "output_data": {"steps": []},
+            },
+        ),
+    ]
+    assert_one_chain(history, submitted)
+
+
+async def test_divide_by_zero_fails_at_its_step_and_keeps_the_steps_before(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    divide: dict[str, JsonValue] = {"tool": "math.divide", "args": {"a": 1, "b": 0}}
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [ADD, divide]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        started(),
+        requested(0, "math.add", {"a": 2, "b": 3}),
+        completed(0, "math.add", result=5),
+        step_done(0),
+        requested(1, "math.divide", {"a": 1, "b": 0}),
+        completed(1, "math.divide", error="ZeroDivisionError: division by zero"),
+        (
+            "TaskFailed",
+            {
+                "attempt": 1,
+                "error_message": "step 2 (math.divide) failed: ZeroDivisionError: division by zero",
+                "output_data": {"steps": [ADD_STEP]},
+            },
+        ),
+    ]
+    assert_one_chain(history, submitted)
+
+
+async def test_a_step_past_its_timeout_is_killed_and_fails_the_task(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    sleep: dict[str, JsonValue] = {
+        "tool": "util.sleep",
+        "args": {"seconds": 5},
+        "timeout_seconds": 0.3,
+    }
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [sleep]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        started(),
+        requested(0, "util.sleep", {"seconds": 5}),
+        completed(0, "util.sleep", error="timed out after 0.3s"),
+        (
+            "TaskFailed",
+            {
+                "attempt": 1,
+                "error_message": "step 1 (util.sleep) failed: timed out after 0.3s",
+                "output_data": {"steps": []},
+            },
+        ),
+    ]
+    duration = history[3].event.data.duration_ms  # type: ignore[union-attr]
+    assert 300 <= duration < 3000
+    assert_one_chain(history, submitted)
+
+
+async def test_a_task_without_a_plan_fails_saying_what_to_provide(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    task_id, submitted = await submit(jetstream, subjects, {"goal": "add two and three"})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        started(),
+        (
+            "TaskFailed",
+            {"attempt": 1, "error_message": NO_PLAN_MESSAGE, "output_data": {"steps": []}},
+        ),
+    ]
+    assert "provide input_data.plan" in NO_PLAN_MESSAGE
+    assert_one_chain(history, submitted)
+
+
+async def test_an_invalid_work_message_is_terminated_and_the_runner_goes_on(
+    runner: RunnerSettings,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="agent_runner")
+    for payload in (b"{not json", b'{"task_id": "not-a-uuid", "input_data": {}}'):
+        await jetstream.publish(subjects.work("agent_run"), payload, stream=subjects.work_stream)
+    task_id, _ = await submit(jetstream, subjects, {"plan": [ADD]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert history[-1].event.event_type == "TaskCompleted"
+    reasons = [
+        record.getMessage()
+        for record in caplog.records
+        if "not a valid TaskAssignment" in record.getMessage()
+    ]
+    assert len(reasons) == 2
+    assert "(input): Invalid JSON" in reasons[0]
+    assert "task_id: Input should be a valid UUID" in reasons[1]
+    assert "correlation_id: Field required" in reasons[1]
+    info = await jetstream.consumer_info(subjects.work_stream, subjects.runner_work_consumer)
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)

@@ -1,0 +1,178 @@
+"""Fixtures for the gateway's tests: the gateway running in-process on real NATS and Postgres.
+
+The scheduler is not part of these tests; :class:`SchedulerStandIn` plays its role the way the
+real one does: it takes submit commands off the commands stream, appends events to the events
+stream, and projects them into the read model (the tests may write the database; the gateway
+never does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import grpc
+import httpx
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.app import Gateway
+from gateway.settings import GatewaySettings
+from opspawn.v1 import tasks_pb2_grpc
+from opspawn_cli.embedded import EmbeddedNats
+from opspawn_contracts.commands import SubmitTask, decode_command
+from opspawn_contracts.event_log import EventLog
+from opspawn_contracts.events import (
+    Event,
+    TaskCompleted,
+    TaskCompletedData,
+    TaskStarted,
+    TaskStartedData,
+    TaskSubmitted,
+    TaskSubmittedData,
+)
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import TaskView, evolve
+from opspawn_readmodel.database import create_engine
+from opspawn_readmodel.queries import ReadModel
+from opspawn_readmodel.tables import task_events, tasks
+
+
+class SchedulerStandIn:
+    def __init__(self, js: JetStreamContext, subjects: Subjects, engine: AsyncEngine) -> None:
+        self._js = js
+        self._subjects = subjects
+        self._engine = engine
+        self._log = EventLog(js, subjects)
+        self._subscription: JetStreamContext.PullSubscription | None = None
+
+    async def next_command(self, timeout: float = 10.0) -> tuple[SubmitTask, Msg]:
+        """The next command on the commands stream, and the stored message (subject, headers)."""
+        if self._subscription is None:
+            self._subscription = await self._js.pull_subscribe(
+                self._subjects.all_commands, stream=self._subjects.commands_stream
+            )
+        (message,) = await self._subscription.fetch(1, timeout=timeout)
+        await message.ack()
+        return decode_command(message.data), message
+
+    async def project(self, *events: Event) -> list[int]:
+        """Append ``events`` to the events stream, then apply them to the read model in one
+        transaction, as the scheduler's projection does; returns their stream sequences."""
+        sequences = [await self._log.append(event) for event in events]
+        read_model = ReadModel(self._engine)
+        states: dict[UUID, TaskView | None] = {}
+        for event in events:
+            if event.task_id not in states:
+                states[event.task_id] = await read_model.get_task(event.task_id)
+        async with self._engine.begin() as connection:
+            for sequence, event in zip(sequences, events, strict=True):
+                state = states[event.task_id] = evolve(states[event.task_id], event)
+                await connection.execute(
+                    insert(task_events).values(
+                        sequence=sequence,
+                        task_id=event.task_id,
+                        event_id=event.event_id,
+                        event_type=event.event_type,
+                        schema_version=event.schema_version,
+                        occurred_at=event.occurred_at,
+                        payload=event.model_dump(mode="json"),
+                    )
+                )
+                if state is None:
+                    continue
+                row = {
+                    **state.model_dump(mode="python"),
+                    "status": state.status.value,
+                    "last_sequence": sequence,
+                }
+                await connection.execute(
+                    insert(tasks)
+                    .values(**row)
+                    .on_conflict_do_update(index_elements=[tasks.c.task_id], set_=row)
+                )
+        return sequences
+
+    async def submit_and_start(self, command: SubmitTask, *, later: float = 1.0) -> list[Event]:
+        """Project the command's TaskSubmitted and a TaskStarted ``later`` seconds after it."""
+        submitted = TaskSubmitted(
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            causation_id=command.command_id,
+            occurred_at=command.issued_at + timedelta(seconds=later),
+            data=TaskSubmittedData(task_type=command.task_type, input_data=command.input_data),
+        )
+        started = TaskStarted(
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            causation_id=submitted.event_id,
+            occurred_at=submitted.occurred_at + timedelta(seconds=later),
+            data=TaskStartedData(attempt=1, runner_id="runner-test"),
+        )
+        await self.project(submitted, started)
+        return [submitted, started]
+
+    async def complete(self, command: SubmitTask, output: dict[str, Any]) -> TaskCompleted:
+        """Project TaskCompleted after :meth:`submit_and_start`'s events."""
+        completed = TaskCompleted(
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            occurred_at=command.issued_at + timedelta(seconds=3),
+            data=TaskCompletedData(attempt=1, output_data=output),
+        )
+        await self.project(completed)
+        return completed
+
+
+@pytest.fixture
+def gateway_settings(
+    nats_server: EmbeddedNats, subjects: Subjects, database_url: str
+) -> GatewaySettings:
+    return GatewaySettings(
+        nats_url=nats_server.url,
+        subject_prefix=subjects.prefix,
+        database_url=database_url,
+        http_port=0,
+        grpc_port=0,
+        read_after_write_timeout_seconds=5.0,
+        publish_timeout_seconds=2.0,
+        shutdown_grace_seconds=1.0,
+    )
+
+
+@pytest.fixture
+async def gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    async with Gateway(gateway_settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    base_url = f"http://127.0.0.1:{gateway.http_port}"
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def grpc_channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def task_stub(grpc_channel: grpc.aio.Channel) -> tasks_pb2_grpc.TaskServiceAsyncStub:
+    return tasks_pb2_grpc.TaskServiceStub(grpc_channel)
+
+
+@pytest.fixture
+async def scheduler(
+    jetstream: JetStreamContext, subjects: Subjects, database_url: str
+) -> AsyncIterator[SchedulerStandIn]:
+    engine = create_engine(database_url, pool_size=2)
+    yield SchedulerStandIn(jetstream, subjects, engine)
+    await engine.dispose()

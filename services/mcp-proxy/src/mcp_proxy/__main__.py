@@ -1,0 +1,3 @@
+from mcp_proxy.app import main
+
+main()

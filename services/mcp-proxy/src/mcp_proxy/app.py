@@ -1,0 +1,89 @@
+"""Wiring and process entry point of the MCP proxy (``python -m mcp_proxy``).
+
+Start: connect every enabled MCP server (each failure is logged and reported by status, the
+others are served), ensure the streams, then answer requests. Readiness: the proxy answers on
+``Subjects.mcp_status``. SIGTERM/SIGINT: stop taking requests, let in-flight calls finish (up to
+``OPSPAWN_SHUTDOWN_GRACE_SECONDS``), drain the NATS connection, close every MCP session and end
+every child server, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from mcp_proxy.config import ConfigError, ProxyConfig, load_config
+from mcp_proxy.connections import McpConnections
+from mcp_proxy.rpc import ProxyHandlers, RpcServer
+from mcp_proxy.settings import ProxySettings
+from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.settings import load_settings
+from opspawn_contracts.streams import ensure_streams
+
+SERVICE_NAME = "mcp-proxy"
+log = logging.getLogger("mcp_proxy")
+
+
+def load_server_config(settings: ProxySettings) -> ProxyConfig:
+    """The server list ``OPSPAWN_MCP_CONFIG`` names; no servers when it is unset."""
+    if settings.mcp_config is None:
+        log.warning("OPSPAWN_MCP_CONFIG is not set: serving no MCP servers")
+        return ProxyConfig()
+    return load_config(settings.mcp_config)
+
+
+async def run(
+    settings: ProxySettings,
+    config: ProxyConfig,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set, then shut down gracefully; ``ready`` is set once serving."""
+    async with McpConnections(config, connect_timeout=settings.mcp_connect_timeout) as connections:
+        client = await connect(settings, name=SERVICE_NAME)
+        try:
+            await ensure_streams(client.jetstream(), settings.subjects)
+            server = RpcServer(
+                client,
+                settings.subjects,
+                ProxyHandlers(connections),
+                max_concurrent_requests=settings.max_concurrent_requests,
+            )
+            await server.start()
+            log.info(
+                "serving %d MCP servers on %s.rpc.mcp.*",
+                len(config.enabled_servers),
+                settings.subject_prefix,
+            )
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("stopping: finishing in-flight calls")
+            await server.stop(settings.shutdown_grace_seconds)
+        finally:
+            await client.drain()
+    log.info("stopped")
+
+
+def main() -> None:
+    settings = load_settings(ProxySettings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {SERVICE_NAME} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_server_config(settings)
+    except ConfigError as error:
+        raise SystemExit(f"{SERVICE_NAME}: {error}") from error
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop.set)
+        await run(settings, config, stop)
+
+    asyncio.run(serve())

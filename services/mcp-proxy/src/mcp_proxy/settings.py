@@ -1,0 +1,20 @@
+"""The proxy's environment variables (``OPSPAWN_`` prefix), on top of the shared ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from opspawn_contracts.settings import ServiceSettings
+
+
+class ProxySettings(ServiceSettings):
+    mcp_config: Path | None = None
+    """``OPSPAWN_MCP_CONFIG``: the ``mcp_servers.yaml`` to serve. Unset: no servers (a warning)."""
+    mcp_connect_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a server has to start, initialize and list its tools at boot."""
+    max_concurrent_requests: int = Field(default=64, ge=1)
+    """Requests handled at once by one proxy copy (each server has its own call limit too)."""
+    shutdown_grace_seconds: float = Field(default=15.0, ge=0)
+    """How long in-flight calls may finish after SIGTERM before their sessions close."""

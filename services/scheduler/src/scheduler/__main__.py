@@ -1,0 +1,3 @@
+from scheduler.app import main
+
+main()

@@ -1,0 +1,225 @@
+"""Deciding commands: a SubmitTask becomes a TaskSubmitted event and a work item for a runner.
+
+Contract (at-least-once in, one effect out):
+
+- A command is acknowledged only after its event and its work item are both stored, so a crash
+  anywhere before that gets it redelivered.
+- Redelivery is harmless. TaskSubmitted is appended with ``expected_version=0``, so a second
+  delivery raises :class:`ConcurrencyConflict`. The dispatcher then reads the stored TaskSubmitted
+  and republishes the work item built from it under the same ``Nats-Msg-Id``, which JetStream
+  drops as a duplicate inside the window. It republishes only while the task is still pending: once
+  a runner has started the task, its work item evidently arrived, and a copy published after the
+  duplicate window would run the task twice.
+- A command that fails validation, or names a task another command already submitted, is
+  terminated (never redelivered) and logged at ERROR with the reason; the loop goes on.
+- Failures to reach NATS are not the command's fault: it is nak'ed and redelivered later, up to
+  the consumer's ``max_deliver``.
+
+Plain nats-py rather than FastStream: :class:`EventLog` needs the JetStream context of the
+connection the projection also uses, and the durable consumer must be exactly
+:func:`scheduler_commands_consumer`. FastStream would open a second connection and rebuild the
+consumer from its own arguments; one fetch loop on the shared connection is less code, and it
+handles commands one at a time in stream order, which FastStream's concurrent batches do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from uuid import uuid5
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from opspawn_contracts.commands import SubmitTask, decode_command
+from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
+from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
+from opspawn_contracts.streams import scheduler_commands_consumer
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import TaskStatus, TaskView, evolve
+from opspawn_contracts.work import TaskAssignment
+from scheduler.rejections import describe
+
+logger = logging.getLogger(__name__)
+
+RETRY_DELAY = 1.0
+"""Seconds before a command whose effects could not be stored is delivered again."""
+
+
+class CommandRejected(Exception):
+    """The command is well-formed but cannot be carried out; it is terminated, not retried."""
+
+
+def task_submitted(command: SubmitTask) -> TaskSubmitted:
+    """The event ``command`` becomes.
+
+    Its id derives from the command id, so every delivery of one command describes the same event
+    and a work item built from it names the same cause.
+    """
+    return TaskSubmitted(
+        event_id=uuid5(command.command_id, "TaskSubmitted"),
+        task_id=command.task_id,
+        correlation_id=command.correlation_id,
+        causation_id=command.command_id,
+        data=TaskSubmittedData(task_type=command.task_type, input_data=command.input_data),
+    )
+
+
+def first_assignment(submitted: TaskSubmitted) -> TaskAssignment:
+    """The work item for a task's first attempt, caused by its TaskSubmitted."""
+    return TaskAssignment(
+        task_id=submitted.task_id,
+        task_type=submitted.data.task_type,
+        input_data=submitted.data.input_data,
+        attempt=1,
+        correlation_id=submitted.correlation_id,
+        causation_id=submitted.event_id,
+    )
+
+
+def current_state(history: list[StoredEvent]) -> TaskView | None:
+    state: TaskView | None = None
+    for stored in history:
+        state = evolve(state, stored.event)
+    return state
+
+
+class CommandDispatcher:
+    """Consumes the commands stream through the scheduler's durable pull consumer."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        batch_size: int = 16,
+        poll_interval: float = 0.5,
+    ) -> None:
+        """``poll_interval`` bounds how long one fetch waits, and so how long a stop takes."""
+        self._js = js
+        self._subjects = subjects
+        self._events = EventLog(js, subjects)
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._subscription: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> JetStreamContext.PullSubscription:
+        """Create or bind the durable consumer; its existence is the scheduler's readiness."""
+        if self._subscription is None:
+            self._subscription = await self._js.pull_subscribe(
+                self._subjects.all_commands,
+                durable=self._subjects.scheduler_commands_consumer,
+                stream=self._subjects.commands_stream,
+                config=scheduler_commands_consumer(self._subjects),
+            )
+        return self._subscription
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Handle commands until ``stop`` is set; the batch in hand is finished first."""
+        subscription = await self.start()
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await subscription.fetch(
+                        self._batch_size, timeout=self._poll_interval
+                    )
+                except TimeoutError:  # nats-py raises both its own and asyncio's: nothing came
+                    continue
+                except nats.errors.Error as error:
+                    logger.warning("fetching commands failed, trying again: %r", error)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll_interval):
+                            await stop.wait()
+                    continue
+                for message in messages:
+                    await self.handle(message)
+        finally:
+            self._subscription = None
+            await subscription.unsubscribe()
+
+    async def handle(self, message: Msg) -> None:
+        """Decide one delivered command and settle it: ack, term (refused) or nak (retry)."""
+        sequence = message.metadata.sequence.stream
+        try:
+            command = decode_command(message.data)
+            await self.submit(command)
+        except ValidationError as error:
+            logger.error(
+                "refused command at sequence %d on %s: %s",
+                sequence,
+                message.subject,
+                describe(error),
+            )
+            await message.term()
+        except CommandRejected as error:
+            logger.error("refused command at sequence %d: %s", sequence, error)
+            await message.term()
+        except (nats.errors.Error, TimeoutError) as error:
+            logger.warning(
+                "command at sequence %d (delivery %d) not stored, retrying in %.1f s: %r",
+                sequence,
+                message.metadata.num_delivered,
+                RETRY_DELAY,
+                error,
+            )
+            await message.nak(delay=RETRY_DELAY)
+        else:
+            await message.ack()
+
+    async def submit(self, command: SubmitTask) -> None:
+        """Record the task's submission and queue its first attempt; safe to repeat."""
+        submitted = task_submitted(command)
+        try:
+            await self._events.append(submitted, expected_version=0)
+        except ConcurrencyConflict:
+            stored = await self._stored_submission(command)
+            if stored is None:
+                return
+            submitted = stored
+        else:
+            logger.info("task %s submitted (%s)", command.task_id, command.task_type)
+        await self._queue(first_assignment(submitted))
+
+    async def _stored_submission(self, command: SubmitTask) -> TaskSubmitted | None:
+        """The TaskSubmitted an earlier delivery of ``command`` stored, if its work is still due.
+
+        ``None`` when the task has moved past pending: its work item was delivered already.
+        """
+        history = await self._events.task_history(command.task_id)
+        first = history[0].event if history else None
+        if not isinstance(first, TaskSubmitted):
+            raise CommandRejected(
+                f"task {command.task_id} has events but none submitting it; not queuing it"
+            )
+        if first.causation_id != command.command_id:
+            raise CommandRejected(
+                f"task {command.task_id} was already submitted by command {first.causation_id}, "
+                f"not by {command.command_id}"
+            )
+        state = current_state(history)
+        if state is None or state.status is not TaskStatus.PENDING:
+            logger.info(
+                "command %s delivered again; task %s is %s, nothing to redo",
+                command.command_id,
+                command.task_id,
+                state.status if state else "unknown",
+            )
+            return None
+        return first
+
+    async def _queue(self, assignment: TaskAssignment) -> None:
+        ack = await self._js.publish(
+            self._subjects.work(assignment.task_type),
+            assignment.model_dump_json().encode(),
+            stream=self._subjects.work_stream,
+            headers={"Nats-Msg-Id": assignment.msg_id()},
+        )
+        logger.info(
+            "task %s attempt %d %s",
+            assignment.task_id,
+            assignment.attempt,
+            "was already queued" if ack.duplicate else "queued",
+        )
