@@ -6,13 +6,22 @@ sandbox) and a tool of an MCP server written with the SDK, which the proxy start
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
+import time
 from typing import Any
 from uuid import UUID
 
+import grpc
 import httpx
 import pytest
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
 from nats.js import JetStreamContext
 
+from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.event_log import EventLog
@@ -20,7 +29,7 @@ from opspawn_contracts.subjects import Subjects
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-PLAN = [
+PLAN: list[dict[str, Any]] = [
     {"tool": "math.add", "args": {"a": 2, "b": 3}},
     {"tool": "toolbox.word_count", "args": {"text": "event sourcing all the way"}},
 ]
@@ -139,3 +148,61 @@ async def test_malformed_requests_get_a_4xx_with_a_message_and_nothing_crashes(
     assert (await wait_terminal(rest, task["task_id"]))["status"] == "completed"
     assert system.supervisor is not None
     assert all(system.supervisor.restarts(name) == 0 for name in system.supervisor.pids)
+
+
+async def test_grpc_task_completes_through_every_service(
+    system: LocalSystem, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    input_data = Struct()
+    input_data.update({"goal": "add, then count words", "plan": PLAN})
+    async with grpc.aio.insecure_channel(system.grpc_target) as channel:
+        tasks = tasks_pb2_grpc.TaskServiceStub(channel)
+        created = await tasks.CreateTask(
+            tasks_pb2.CreateTaskRequest(task_type="agent_run", input_data=input_data)
+        )
+        task_id = created.task.task_id
+        deadline = time.monotonic() + 30
+        while True:
+            task = (await tasks.GetTask(tasks_pb2.GetTaskRequest(task_id=task_id))).task
+            if task.status not in (tasks_pb2.TASK_STATUS_PENDING, tasks_pb2.TASK_STATUS_RUNNING):
+                break
+            assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
+            await asyncio.sleep(0.05)
+        events = (
+            await tasks.ListTaskEvents(tasks_pb2.ListTaskEventsRequest(task_id=task_id))
+        ).events
+        listed = (await tasks.ListTasks(tasks_pb2.ListTasksRequest(limit=5))).tasks
+
+    assert task.status == tasks_pb2.TASK_STATUS_COMPLETED, task
+    output = MessageToDict(task.output_data)
+    assert [(step["tool"], step["result"]) for step in output["steps"]] == [
+        ("math.add", 5),
+        ("toolbox.word_count", 5),
+    ]
+    assert [event.event_type for event in events] == EXPECTED_ORDER
+    from_stream = await EventLog(jetstream, subjects).task_history(UUID(task_id))
+    assert [event.sequence for event in events] == [stored.sequence for stored in from_stream]
+    assert task_id in [listed_task.task_id for listed_task in listed]
+
+
+async def test_cli_submits_waits_and_shows_events(system: LocalSystem) -> None:
+    env = {**os.environ, "OPSPAWN_GATEWAY_URL": system.rest_url}
+    plan = json.dumps([{"tool": "math.multiply", "args": {"a": 6, "b": 7}}])
+
+    async def opspawn(*args: str) -> Any:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from opspawn_cli.main import main; main()", *args,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()
+        return json.loads(stdout)
+
+    task = await opspawn("submit", "--plan", plan, "--wait")
+    assert (task["status"], task["output_data"]["result"]) == ("completed", 42)
+    assert (await opspawn("get", task["task_id"]))["status"] == "completed"
+    events = await opspawn("events", task["task_id"])
+    assert [event["event_type"] for event in events][0 :: len(events) - 1] == [
+        "TaskSubmitted",
+        "TaskCompleted",
+    ]
