@@ -8,7 +8,8 @@ from pydantic import JsonValue
 from agentkit.errors import PlanError
 from agentkit.interfaces import CallOutcome, FinalAnswer, RunState, ToolCall, ToolCalls
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner, PlanStep, parse_plan
+from agentkit.planners import PlanPlanner, parse_plan
+from opspawn_contracts.plan import PlanStep
 
 
 def test_a_valid_plan_parses_with_defaults() -> None:
@@ -35,7 +36,7 @@ def test_a_valid_plan_parses_with_defaults() -> None:
         ({"plan": [{"args": {}}]}, "invalid plan: plan[0].tool: Field required"),
         (
             {"plan": [{"tool": "math.add"}, {"tool": "add"}]},
-            "invalid plan: plan[1].tool: Value error, tool name 'add' must be '<namespace>.<name>'",
+            "invalid plan: plan[1].tool: tool 'add' must be '<namespace>.<name>'",
         ),
         (
             {"plan": [{"tool": "math.add", "arguments": {}}]},

@@ -22,11 +22,10 @@ from opspawn_readmodel.queries import ReadModel
     [
         {},
         {"goal": "no plan at all", "anything": [1, {"nested": None}]},
-        {"plan": []},
         {"plan": [{"tool": "math.add", "args": {"a": 1, "b": 2}}]},
         {"plan": [{"tool": "util.echo"}]},
         {"plan": [{"tool": "time.get_current_time", "args": {}, "timeout_seconds": 0.5}]},
-        {"plan": [{"tool": "fs-server.read.file_v2", "args": {}, "note": "passed through"}]},
+        {"plan": [{"tool": "fs-server.read.file_v2", "args": {}}]},
     ],
 )
 def test_valid_requests(input_data: dict[str, Any]) -> None:
@@ -57,6 +56,11 @@ def test_valid_requests(input_data: dict[str, Any]) -> None:
             "plan[0].timeout_seconds: Input should be greater than 0",
         ),
         ({"task_type": "t", "idempotency_key": "k"}, "idempotency_key: Extra inputs are not"),
+        ({"task_type": "t", "input_data": {"plan": []}}, "plan: List should have at least 1 item"),
+        (
+            {"task_type": "t", "input_data": {"plan": [{"tool": "a.b", "note": "x"}]}},
+            "plan[0].note: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_invalid_requests_say_which_field_and_why(body: dict[str, Any], expected: str) -> None:

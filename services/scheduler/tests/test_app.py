@@ -217,7 +217,7 @@ async def test_the_process_stops_cleanly_on_sigterm(
     log = stderr.decode()
     assert process.returncode == 0, log
     assert " scheduler INFO scheduler.app: ready" in log
-    assert " scheduler INFO scheduler.app: stopped" in log
+    assert " scheduler INFO opspawn.service: stopped" in log
 
 
 async def test_the_process_names_a_missing_database_url() -> None:

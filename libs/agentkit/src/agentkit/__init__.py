@@ -39,7 +39,7 @@ from agentkit.interfaces import (
 from agentkit.local_tools import LocalTools
 from agentkit.mcp_proxy_tool import McpProxyTools
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner, PlanStep, parse_plan
+from agentkit.planners import PlanPlanner, parse_plan
 from agentkit.sandbox import SubprocessSandbox, ToolExecutor, ToolJob
 from agentkit.security import AllowAllTools, ToolAllowlist
 from agentkit.steps import (
@@ -52,6 +52,7 @@ from agentkit.steps import (
 )
 from agentkit.tool_router import ToolRouter
 from agentkit.tools import Tool, ToolRegistry
+from opspawn_contracts.plan import PlanStep
 
 __all__ = [
     "BUILTIN_TOOLS",

@@ -15,7 +15,6 @@ namespace says who provides the tool (a local built-in group or an MCP server).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -23,22 +22,8 @@ from uuid import UUID
 
 from pydantic import JsonValue
 
-TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_./-]+$"
-"""``<namespace>.<name>``; the namespace is a single NATS subject token (it may be a server)."""
-
-_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
-
-
-def split_tool_name(name: str) -> tuple[str, str]:
-    """``"math.add"`` → ``("math", "add")``; raises :class:`ValueError` for a malformed name."""
-    if not _TOOL_NAME.fullmatch(name):
-        raise ValueError(
-            f"tool name {name!r} must be '<namespace>.<name>' "
-            "(letters, digits, '_' or '-' in the namespace)"
-        )
-    namespace, _, tool = name.partition(".")
-    return namespace, tool
-
+from opspawn_contracts.plan import TOOL_NAME_PATTERN as TOOL_NAME_PATTERN
+from opspawn_contracts.plan import split_tool_name as split_tool_name
 
 # --- values ------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Planners: who decides the next step. For now one, :class:`PlanPlanner`, which needs no LLM.
 
-A plan is part of the task's input, ``input_data["plan"]``::
+A plan is part of the task's input, ``input_data["plan"]`` (:mod:`opspawn_contracts.plan`)::
 
     [{"tool": "math.add", "args": {"a": 2, "b": 3}},
      {"tool": "util.sleep", "args": {"seconds": 1}, "timeout_seconds": 5}]
@@ -11,17 +11,7 @@ Steps run in order, one tool call each; the run's result is the last step's resu
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    JsonValue,
-    TypeAdapter,
-    ValidationError,
-)
+from pydantic import JsonValue, ValidationError
 
 from agentkit.errors import PlanError, describe_validation_error
 from agentkit.interfaces import (
@@ -30,28 +20,8 @@ from agentkit.interfaces import (
     RunState,
     ToolCall,
     ToolCalls,
-    split_tool_name,
 )
-
-MAX_PLAN_STEPS = 1000
-MAX_STEP_TIMEOUT_SECONDS = 24 * 3600
-
-
-def _tool_name(name: str) -> str:
-    split_tool_name(name)
-    return name
-
-
-class PlanStep(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tool: Annotated[str, AfterValidator(_tool_name)]
-    args: dict[str, JsonValue] = Field(default_factory=dict)
-    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_STEP_TIMEOUT_SECONDS)
-
-
-Plan = Annotated[list[PlanStep], Field(min_length=1, max_length=MAX_PLAN_STEPS)]
-plan_adapter: TypeAdapter[list[PlanStep]] = TypeAdapter(Plan)
+from opspawn_contracts.plan import PlanStep, plan_adapter
 
 
 def parse_plan(input_data: dict[str, JsonValue]) -> list[PlanStep]:

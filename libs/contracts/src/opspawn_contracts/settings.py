@@ -7,6 +7,7 @@ than failing later with a stack trace far from the cause.
 
 from __future__ import annotations
 
+import logging
 from typing import TypeVar
 
 from pydantic import ValidationError, field_validator
@@ -31,6 +32,14 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _valid_prefix(cls, value: str) -> str:
         return validate_prefix(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
+        return level
 
     @property
     def subjects(self) -> Subjects:

@@ -6,6 +6,9 @@ driver named. Both forms, and unix-socket URLs (``?host=/dir``), are accepted ev
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -20,6 +23,10 @@ def asyncpg_url(url: str) -> str:
     if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ValueError(f"expected a postgresql:// URL, got {parsed.drivername}://")
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+PostgresUrl = Annotated[str, AfterValidator(asyncpg_url)]
+"""A settings field type: any Postgres URL form in, the asyncpg form out, anything else refused."""
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

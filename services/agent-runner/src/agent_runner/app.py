@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from agent_runner.work_consumer import WorkConsumer
 from agentkit import LocalTools, McpProxyTools, ToolRouter, builtin_registry
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
 
@@ -105,26 +105,8 @@ async def run(settings: RunnerSettings, stop: asyncio.Event) -> None:
         await runner.until(stop)
 
 
-async def _serve(settings: RunnerSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run(settings, stop)
-    logger.info("stopped")
-
-
 def main() -> None:
     """``python -m agent_runner``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM."""
     settings = load_settings(RunnerSettings)
-    logging.basicConfig(
-        level=settings.log_level,
-        format=(
-            f"%(asctime)s {SERVICE_NAME}[{settings.runner_id}] %(levelname)s %(name)s: %(message)s"
-        ),
-    )
-    try:
-        asyncio.run(_serve(settings))
-    except Exception:
-        logger.exception("stopped by an error")
-        raise SystemExit(1) from None
+    configure_logging(SERVICE_NAME, settings.log_level, instance=settings.runner_id)
+    serve(lambda stop: run(settings, stop))

@@ -6,11 +6,10 @@ consumer). ``OPSPAWN_RUNNER_ID`` names a copy in its events (``TaskStarted.runne
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from opspawn_contracts.settings import ServiceSettings
 
@@ -31,11 +30,3 @@ class RunnerSettings(ServiceSettings):
     """Agent steps per task before the run is stopped."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long running tasks may finish before they are interrupted and released."""
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in logging.getLevelNamesMapping():
-            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
-        return level

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from importlib.metadata import version
 from types import TracebackType
 
@@ -30,6 +29,7 @@ from gateway.rest import API_DESCRIPTION, ROUTES
 from gateway.settings import GatewaySettings
 from gateway.submission import TaskSubmitter
 from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
 from opspawn_readmodel.database import create_engine
@@ -155,26 +155,8 @@ async def run(settings: GatewaySettings, stop: asyncio.Event) -> None:
         await stop.wait()
 
 
-async def _run_until_signalled(settings: GatewaySettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stop.set)
-    await run(settings, stop)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {SERVICE_NAME} %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def main() -> None:
+    """``python -m gateway``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(GatewaySettings)
-    _configure_logging(settings.log_level)
-    try:
-        asyncio.run(_run_until_signalled(settings))
-    except StartupError as error:
-        logger.error("%s", error)
-        raise SystemExit(1) from error
+    configure_logging(SERVICE_NAME, settings.log_level)
+    serve(lambda stop: run(settings, stop))

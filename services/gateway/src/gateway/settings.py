@@ -7,12 +7,10 @@ bound ports are on :class:`gateway.app.Gateway`).
 
 from __future__ import annotations
 
-import logging
-
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from opspawn_contracts.settings import ServiceSettings
-from opspawn_readmodel.database import asyncpg_url
+from opspawn_readmodel.database import PostgresUrl
 
 
 class GatewaySettings(ServiceSettings):
@@ -20,7 +18,7 @@ class GatewaySettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    database_url: str
+    database_url: PostgresUrl
     """Postgres of the read model (read only); ``postgresql://`` or ``postgresql+asyncpg://``."""
     read_after_write_timeout_seconds: float = Field(default=5.0, ge=0)
     """How long a submit waits for the read model to show the new task before answering."""
@@ -28,16 +26,3 @@ class GatewaySettings(ServiceSettings):
     """How long a submit waits for the commands stream's PubAck before answering 503."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight HTTP and gRPC calls may take to finish."""
-
-    @field_validator("database_url")
-    @classmethod
-    def _postgres_url(cls, value: str) -> str:
-        return asyncpg_url(value)
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in logging.getLevelNamesMapping():
-            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
-        return level

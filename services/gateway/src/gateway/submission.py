@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from typing import Annotated
 from uuid import uuid4
 
 import nats.errors
 from nats.js import JetStreamContext
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
-    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -42,41 +38,13 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import SQLAlchemyError
 
 from opspawn_contracts.commands import SubmitTask, encode_command
+from opspawn_contracts.plan import plan_adapter
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
 from opspawn_contracts.subjects import Subjects, validate_token
 from opspawn_contracts.task import TaskStatus, TaskView
 from opspawn_readmodel.queries import ReadModel
 
 logger = logging.getLogger(__name__)
-
-TOOL_PATTERN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
-"""``<namespace>.<name>``: the namespace is a subject token (it may name an MCP server)."""
-
-
-def _tool_name(value: str) -> str:
-    if not TOOL_PATTERN.fullmatch(value):
-        reason = (
-            f"tool {value!r} must be '<namespace>.<name>', e.g. 'math.add' "
-            "(namespace: letters, digits, '_' or '-'; name: those or '.')"
-        )
-        raise PydanticCustomError("tool_name", "{reason}", {"reason": reason})
-    return value
-
-
-class PlanStep(BaseModel):
-    """One step of a plan. Keys other than these pass through to the runner untouched."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    tool: Annotated[str, AfterValidator(_tool_name)] = Field(
-        description="'<namespace>.<name>': a built-in (math, util) or an MCP server's tool.",
-        examples=["math.add"],
-    )
-    args: dict[str, JsonValue] = Field(default_factory=dict, description="The tool's arguments.")
-    timeout_seconds: float | None = Field(default=None, gt=0)
-
-
-_plan_adapter: TypeAdapter[list[PlanStep]] = TypeAdapter(list[PlanStep])
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -127,7 +95,7 @@ class TaskRequest(BaseModel):
     def _plan_well_formed(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         if "plan" in value:
             try:
-                _plan_adapter.validate_python(value["plan"])
+                plan_adapter.validate_python(value["plan"])
             except ValidationError as error:
                 problems = "; ".join(
                     f"{_location(('plan', *detail['loc']))}: {detail['msg']}"

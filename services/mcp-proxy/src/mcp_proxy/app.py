@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
 
 from mcp_proxy.config import ConfigError, ProxyConfig, load_config
 from mcp_proxy.connections import McpConnections
 from mcp_proxy.rpc import ProxyHandlers, RpcServer
 from mcp_proxy.settings import ProxySettings
 from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
 
@@ -68,22 +67,11 @@ async def run(
 
 
 def main() -> None:
+    """``python -m mcp_proxy``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(ProxySettings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s {SERVICE_NAME} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(SERVICE_NAME, settings.log_level)
     try:
         config = load_server_config(settings)
     except ConfigError as error:
         raise SystemExit(f"{SERVICE_NAME}: {error}") from error
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signal_number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signal_number, stop.set)
-        await run(settings, config, stop)
-
-    asyncio.run(serve())
+    serve(lambda stop: run(settings, config, stop))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from opspawn_contracts.nats_connection import connect
+from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
 from opspawn_readmodel.database import create_engine
@@ -24,7 +24,6 @@ from scheduler.projection import Projection
 from scheduler.settings import SchedulerSettings
 
 SERVICE_NAME = "scheduler"
-LOG_FORMAT = f"%(asctime)s {SERVICE_NAME} %(levelname)s %(name)s: %(message)s"
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +94,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         await scheduler.until(stop)
 
 
-async def _serve(settings: SchedulerSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run(settings, stop)
-    logger.info("stopped")
-
-
 def main() -> None:
     """``python -m scheduler``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(SchedulerSettings)
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    try:
-        asyncio.run(_serve(settings))
-    except Exception:
-        logger.exception("stopped by an error")
-        raise SystemExit(1) from None
+    configure_logging(SERVICE_NAME, settings.log_level)
+    serve(lambda stop: run(settings, stop))
