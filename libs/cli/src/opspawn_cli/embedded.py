@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,11 @@ class EmbeddedPostgres:
     _server: Any = field(default=None, init=False)
 
     def start(self) -> None:
-        import pgserver
+        with warnings.catch_warnings():
+            # pgserver picks a lock directory at import and warns that XDG_RUNTIME_DIR is unset;
+            # the /tmp fallback it then uses is fine for a private server.
+            warnings.simplefilter("ignore")
+            import pgserver
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
