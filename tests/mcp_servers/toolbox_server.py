@@ -11,8 +11,13 @@ or streamable HTTP on ``http://HOST:PORT/mcp``::
 
 Tools: ``echo(text)``, ``word_count(text) -> int``, ``add(a, b)``, ``fail(message)`` (always an
 error result carrying ``message``), ``slow(seconds)`` (answers after a delay, for timeouts),
-``getenv(name)`` and ``pid()`` (what the process inherited, whether it still runs) and
-``crash(exit_code)`` (the process exits mid-call, for a server that dies).
+``getenv(name)`` and ``pid()`` (what the process inherited, whether it still runs),
+``crash(exit_code)`` (the process exits mid-call, for a server that dies), ``freeze(seconds)``
+(blocks the whole server, as a hung one would: it answers nothing, pings included),
+``blob(size)`` (a result of ``size`` characters, for size limits), ``grow(name)`` (adds a tool
+``name`` that echoes, then sends ``notifications/tools/list_changed``) and ``flaky(key, failures)``
+(fails its first ``failures`` calls for ``key``, then succeeds; the count lives in a file, so it
+holds across server processes).
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
+import tempfile
+import time
+from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer(
@@ -76,6 +85,48 @@ def pid() -> int:
 def crash(exit_code: int = 3) -> str:
     """Exit the server process at once, as a crashing server would."""
     os._exit(exit_code)
+
+
+@server.tool()
+async def freeze(seconds: float) -> str:
+    """Block the server's event loop for ``seconds``: nothing is answered meanwhile."""
+    time.sleep(seconds)  # noqa: ASYNC251 - a hung server is the point
+    return f"froze {seconds}"
+
+
+@server.tool()
+def blob(size: int) -> str:
+    """A string of ``size`` characters."""
+    return "x" * size
+
+
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool ``name`` (it echoes ``text``) and tell the client the tool list changed."""
+
+    def added(text: str) -> str:
+        return f"{name}: {text}"
+
+    server.add_tool(added, name=name, description=f"Added at run time by grow({name!r}).")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
+
+
+FLAKY_COUNTS = Path(tempfile.gettempdir()) / "opspawn-toolbox-flaky"
+
+
+@server.tool()
+def flaky(key: str, failures: int) -> str:
+    """Fail the first ``failures`` calls made with ``key``, then succeed (for retry tests)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", key):
+        raise ToolError("key must be 1-100 letters, digits, '_' or '-'")
+    FLAKY_COUNTS.mkdir(exist_ok=True)
+    counter = FLAKY_COUNTS / key
+    calls = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls <= failures:
+        raise ToolError(f"flaky failure {calls} of {failures} for {key}")
+    return f"succeeded at call {calls}"
 
 
 def main() -> None:

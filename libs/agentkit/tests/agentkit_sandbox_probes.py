@@ -31,6 +31,14 @@ class Code(BaseModel):
     code: int
 
 
+class Size(BaseModel):
+    megabytes: int
+
+
+class Name(BaseModel):
+    name: str
+
+
 def environment(args: Nothing) -> dict[str, str]:
     """Return the tool process's environment."""
     return dict(os.environ)
@@ -69,6 +77,38 @@ def sleep_with_child(args: PidFile) -> int:
     return os.getpid()
 
 
+def spin(args: Nothing) -> None:
+    """Loop forever, burning CPU."""
+    while True:
+        pass
+
+
+def allocate(args: Size) -> int:
+    """Allocate (and touch) a buffer of the given size."""
+    buffer = bytearray(args.megabytes * 1024 * 1024)
+    return len(buffer)
+
+
+def big_result(args: Size) -> str:
+    """Return a string of the given size."""
+    return "x" * (args.megabytes * 1024 * 1024)
+
+
+def read_secret(args: Name) -> str:
+    """Read an environment variable, as a tool hunting for credentials would."""
+    return os.environ[args.name]
+
+
+def not_json(args: Nothing) -> object:
+    """Return a value that has no JSON form."""
+    return object()
+
+
+def pid(args: Nothing) -> int:
+    """Return the process id of the process running the tool."""
+    return os.getpid()
+
+
 PROBE_TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
@@ -78,5 +118,11 @@ PROBE_TOOLS: dict[str, Tool] = {
         Tool.from_function(raise_value_error, name="probe.raise_value_error"),
         Tool.from_function(chatty, name="probe.chatty"),
         Tool.from_function(sleep_with_child, name="probe.sleep_with_child"),
+        Tool.from_function(spin, name="probe.spin"),
+        Tool.from_function(allocate, name="probe.allocate"),
+        Tool.from_function(big_result, name="probe.big_result"),
+        Tool.from_function(read_secret, name="probe.read_secret"),
+        Tool.from_function(not_json, name="probe.not_json"),
+        Tool.from_function(pid, name="probe.pid"),
     )
 }

@@ -113,12 +113,15 @@ async def test_a_two_step_plan_reports_every_step_and_the_last_result() -> None:
         _finished(1, "math.multiply", result=7.5),
         StepFinished(step_index=1, tool_call_ids=("plan-1",)),
     ]
-    assert [(message.role, message.tool_call_id) for message in memory.messages()] == [
-        ("user", None),
-        ("assistant", "plan-0"),
-        ("tool", "plan-0"),
-        ("assistant", "plan-1"),
-        ("tool", "plan-1"),
+    assert [
+        (message.role, message.tool_call_id, [call.call_id for call in message.tool_calls])
+        for message in memory.messages()
+    ] == [
+        ("user", None, []),
+        ("assistant", None, ["plan-0"]),
+        ("tool", "plan-0", []),
+        ("assistant", None, ["plan-1"]),
+        ("tool", "plan-1", []),
     ]
     assert memory.messages()[2].content == "5"
 
@@ -186,7 +189,8 @@ async def test_a_call_the_security_manager_refuses_fails_its_step() -> None:
     sleep: dict[str, JsonValue] = {"tool": "util.sleep", "args": {"seconds": 0}}
     result = await _agent(security=ToolAllowlist(["math.*"])).run(_plan(ADD, sleep))
     assert result.error_message == (
-        "step 2 (util.sleep) failed: tool 'util.sleep' is not allowed (allowed: math.*)"
+        "step 2 (util.sleep) failed: tool 'util.sleep' is not allowed on this runner "
+        "(allowed: math.*)"
     )
 
 

@@ -10,6 +10,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import JsonValue
 
+from agentkit import mcp_proxy_tool
 from agentkit.agent import Agent
 from agentkit.builtin_tools import builtin_registry
 from agentkit.errors import (
@@ -19,7 +20,7 @@ from agentkit.errors import (
     ToolUnavailable,
     UnknownTool,
 )
-from agentkit.interfaces import CallContext, ToolCall
+from agentkit.interfaces import CallContext, ToolCall, ToolSpec
 from agentkit.local_tools import LocalTools
 from agentkit.mcp_proxy_tool import McpProxyTools
 from agentkit.memory import BoundedMemory
@@ -27,7 +28,13 @@ from agentkit.planners import PlanPlanner
 from agentkit.security import AllowAllTools
 from agentkit.tool_router import ToolRouter
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest, ToolErrorCode
+from opspawn_contracts.tool_rpc import (
+    CallToolReply,
+    CallToolRequest,
+    ListToolsReply,
+    ToolDescriptor,
+    ToolErrorCode,
+)
 from opspawn_contracts.tool_rpc import ToolError as WireError
 
 
@@ -178,3 +185,43 @@ async def test_an_agent_mixes_local_and_proxied_tools(
     unknown = await agent.run({"plan": [{"tool": "math.pow", "args": {}}]})
     assert unknown.error_message == "step 1 (math.pow) failed: unknown tool 'math.pow'"
     assert len(proxy.requests) == 1
+
+
+async def test_tools_are_listed_by_the_proxy_and_kept_for_a_while(
+    nats_client: NatsClient, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing is kept; an empty one (no proxy yet) is not kept long (here: not at all)."""
+    asked: list[bytes] = []
+
+    async def answer(message: Msg) -> None:
+        asked.append(message.data)
+        schema: dict[str, JsonValue] = {"type": "object", "required": ["a", "b"]}
+        reply = ListToolsReply(
+            ok=True,
+            tools=[
+                ToolDescriptor(server="calc", name="add", description="Add.", input_schema=schema),
+                ToolDescriptor(server="calc", name="bad name"),
+            ],
+        )
+        await message.respond(reply.model_dump_json().encode())
+
+    monkeypatch.setattr(mcp_proxy_tool, "EMPTY_LIST_TTL", 0.0)
+    tools = McpProxyTools(nats_client, subjects, list_ttl=60)
+    assert await tools.list_tools() == ()  # no proxy: nothing offered, nothing raised
+    subscription = await nats_client.subscribe(subjects.mcp_list_tools, cb=answer)
+    await nats_client.flush()
+    try:
+        listed = await tools.list_tools()
+        assert listed == (
+            ToolSpec(
+                name="calc.add",
+                description="Add.",
+                input_schema={"type": "object", "required": ["a", "b"]},
+            ),
+        )
+        assert await tools.list_tools() == listed
+        assert len(asked) == 1
+        router = ToolRouter(LocalTools(builtin_registry()), tools)
+        assert [spec.name for spec in await router.list_tools()][-2:] == ["util.sleep", "calc.add"]
+    finally:
+        await subscription.unsubscribe()

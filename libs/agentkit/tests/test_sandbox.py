@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from pydantic import JsonValue
 
-from agentkit.errors import ToolCrashed, ToolError, ToolRaised, ToolTimeout
+from agentkit.errors import ToolCrashed, ToolError, ToolLimitExceeded, ToolRaised, ToolTimeout
 from agentkit.interfaces import CallContext, ToolCall
 from agentkit.local_tools import LocalTools
 from agentkit.sandbox import SubprocessSandbox
+from agentkit.sandbox_process import SandboxLimits
 from agentkit.tools import Tool, ToolRegistry
+from agentkit.worker_pool import WorkerPool
 
 TESTS_DIR = Path(__file__).parent
 PROBES = "agentkit_sandbox_probes"
@@ -161,3 +164,137 @@ async def test_a_tool_the_child_cannot_import_is_a_load_error() -> None:
     tools = LocalTools(ToolRegistry(_probe_tools().values()))  # no import path for the probes
     with pytest.raises(ToolError, match=r"^cannot load tool probe.chatty: ModuleNotFoundError"):
         await _call(tools, "probe.chatty", {})
+
+
+# --- faults, for both executors: each a clear error, the parent alive, no zombie left -----------
+
+SECRET = "s3cr3t-value-the-tool-must-not-see"
+
+
+def _zombie_children() -> list[int]:
+    """Children of this process that exited and were never reaped."""
+    zombies = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(stat.parent.name))
+    return zombies
+
+
+class Executors:
+    """A probe tool manager over either executor, and what it takes to check it afterwards."""
+
+    def __init__(self, kind: str, limits: SandboxLimits) -> None:
+        self.kind = kind
+        registry = ToolRegistry(_probe_tools().values())
+        self.pool = (
+            WorkerPool(1, import_paths=[TESTS_DIR], limits=limits, preload=())
+            if kind == "pool"
+            else None
+        )
+        executor = self.pool or SubprocessSandbox(import_paths=[TESTS_DIR], limits=limits)
+        self.tools = LocalTools(registry, executor=executor)
+
+    async def assert_healthy_after_fault(
+        self, pids_before: frozenset[int], *, recycled: bool
+    ) -> None:
+        """No zombie, and the executor still runs tools (a pool on a fresh worker if
+        ``recycled``: one that broke a limit or died is replaced, one whose tool raised is not)."""
+        assert _zombie_children() == []
+        pid = await _call(self.tools, "probe.pid", {})
+        if self.pool is not None:
+            assert (pid not in pids_before) is recycled
+            assert self.pool.pids == {pid}
+        assert _zombie_children() == []
+
+
+@pytest.fixture(params=["subprocess", "pool"])
+async def executors(request: pytest.FixtureRequest) -> AsyncIterator[Executors]:
+    limits = SandboxLimits(memory_bytes=1024**3, cpu_seconds=2, max_result_bytes=1024 * 1024)
+    executors = Executors(request.param, limits)
+    if executors.pool is not None:
+        await executors.pool.start()
+    yield executors
+    if executors.pool is not None:
+        await executors.pool.close()
+    assert _zombie_children() == []
+
+
+async def _fault(
+    executors: Executors,
+    tool: str,
+    arguments: dict[str, JsonValue],
+    timeout: float,
+    *,
+    recycled: bool = True,
+) -> pytest.ExceptionInfo[ToolError]:
+    pids = executors.pool.pids if executors.pool is not None else frozenset()
+    with pytest.raises(ToolError) as raised:
+        await _call(executors.tools, tool, arguments, timeout=timeout)
+    await executors.assert_healthy_after_fault(pids, recycled=recycled)
+    return raised
+
+
+async def test_an_infinite_loop_is_stopped_by_the_wall_clock(executors: Executors) -> None:
+    started = time.monotonic()
+    raised = await _fault(executors, "probe.spin", {}, timeout=1)
+    assert raised.type is ToolTimeout
+    assert str(raised.value) == "timed out after 1s"
+    assert time.monotonic() - started < 5
+
+
+async def test_an_infinite_loop_is_stopped_by_the_cpu_limit(executors: Executors) -> None:
+    raised = await _fault(executors, "probe.spin", {}, timeout=30)
+    assert raised.type is ToolLimitExceeded
+    assert str(raised.value) == "the tool exceeded its CPU time limit of 2s"
+
+
+async def test_a_2_gib_allocation_hits_the_memory_limit(executors: Executors) -> None:
+    raised = await _fault(executors, "probe.allocate", {"megabytes": 2048}, timeout=30)
+    assert raised.type is ToolLimitExceeded
+    assert str(raised.value) == (
+        "probe.allocate ran out of memory: it exceeded its limit of 1024 MiB (MemoryError)"
+    )
+
+
+async def test_an_allocation_within_the_limit_works(executors: Executors) -> None:
+    assert await _call(executors.tools, "probe.allocate", {"megabytes": 100}) == 100 * 1024**2
+
+
+async def test_os_exit_is_a_crash(executors: Executors) -> None:
+    raised = await _fault(executors, "probe.exit_with", {"code": 1}, timeout=10)
+    assert raised.type is ToolCrashed
+    assert str(raised.value) == (
+        "tool process crashed: exit code 1 (stderr: probe is exiting on purpose)"
+    )
+
+
+async def test_a_50_mb_result_is_refused(executors: Executors) -> None:
+    raised = await _fault(executors, "probe.big_result", {"megabytes": 50}, timeout=30)
+    assert raised.type is ToolLimitExceeded
+    assert str(raised.value) == (
+        "probe.big_result returned too large a result: the result is 52428826 bytes of JSON, "
+        "more than the limit of 1048576 bytes"
+    )
+
+
+async def test_a_secret_of_the_parent_is_not_in_the_tool_environment(
+    executors: Executors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPSPAWN_LLM_API_KEY", SECRET)
+    raised = await _fault(
+        executors, "probe.read_secret", {"name": "OPSPAWN_LLM_API_KEY"}, timeout=10, recycled=False
+    )
+    assert raised.type is ToolRaised
+    assert str(raised.value) == "KeyError: 'OPSPAWN_LLM_API_KEY'"
+
+
+async def test_a_result_that_is_not_json_is_a_clear_error(executors: Executors) -> None:
+    with pytest.raises(ToolError) as raised:
+        await _call(executors.tools, "probe.not_json", {})
+    assert str(raised.value).startswith(
+        "probe.not_json returned a value that is not JSON: PydanticSerializationError: "
+    )

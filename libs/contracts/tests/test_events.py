@@ -48,6 +48,22 @@ def _one_of_each() -> list[Event]:
         ),
         events.TaskFailed(**common, data=events.TaskFailedData(attempt=1, error_message="boom")),
         events.TaskCancelled(**common, data=events.TaskCancelledData(reason="user")),
+        events.TaskAttemptFailed(
+            **common, data=events.TaskAttemptFailedData(attempt=1, error_message="flaky")
+        ),
+        events.TaskRetryScheduled(
+            **common,
+            data=events.TaskRetryScheduledData(
+                attempt=2,
+                reason="attempt 1 failed: flaky",
+                delay_seconds=0.7,
+                not_before=events.utc_now(),
+            ),
+        ),
+        events.TaskTimedOut(
+            **common,
+            data=events.TaskTimedOutData(attempt=2, timeout_seconds=5, reason="deadline"),
+        ),
     ]
 
 

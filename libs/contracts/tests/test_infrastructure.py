@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import uuid4
 
 import pytest
+from alembic.script import ScriptDirectory
 from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from opspawn_contracts.event_log import ConcurrencyConflict, EventLog
 from opspawn_contracts.events import TaskStarted, TaskStartedData, TaskSubmitted, TaskSubmittedData
 from opspawn_contracts.subjects import Subjects
+from opspawn_readmodel.migrate import alembic_config
 
 
 async def test_event_log_appends_in_order_and_rejects_interleaving(
@@ -47,4 +49,5 @@ async def test_each_test_gets_its_own_migrated_database(database_url: str) -> No
         count = await connection.scalar(text("SELECT count(*) FROM tasks"))
         version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     await engine.dispose()
-    assert (count, version) == (0, "0001")
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert (count, version) == (0, head)

@@ -1,9 +1,11 @@
 """Fixtures for the gateway's tests: the gateway running in-process on real NATS and Postgres.
 
 The scheduler is not part of these tests; :class:`SchedulerStandIn` plays its role the way the
-real one does: it takes submit commands off the commands stream, appends events to the events
-stream, and projects them into the read model (the tests may write the database; the gateway
-never does).
+real one does: it takes commands off the commands stream, appends events to the events stream,
+and projects them into the read model (the tests may write the database; the gateway never does).
+
+Authentication is on, as in production: ``http`` and ``task_stub`` carry an API key of tenant
+``acme`` (``api_key``); ``other_key`` belongs to tenant ``globex``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from opspawn.v1 import tasks_pb2_grpc
 from opspawn_cli.embedded import EmbeddedNats
-from opspawn_contracts.commands import SubmitTask, decode_command
+from opspawn_contracts.commands import Command, SubmitTask, decode_command
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     Event,
@@ -38,6 +40,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView, evolve
+from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.queries import ReadModel
 from opspawn_readmodel.tables import task_events, tasks
@@ -51,7 +54,7 @@ class SchedulerStandIn:
         self._log = EventLog(js, subjects)
         self._subscription: JetStreamContext.PullSubscription | None = None
 
-    async def next_command(self, timeout: float = 10.0) -> tuple[SubmitTask, Msg]:
+    async def next_any_command(self, timeout: float = 10.0) -> tuple[Command, Msg]:
         """The next command on the commands stream, and the stored message (subject, headers)."""
         if self._subscription is None:
             self._subscription = await self._js.pull_subscribe(
@@ -60,6 +63,28 @@ class SchedulerStandIn:
         (message,) = await self._subscription.fetch(1, timeout=timeout)
         await message.ack()
         return decode_command(message.data), message
+
+    async def next_command(self, timeout: float = 10.0) -> tuple[SubmitTask, Msg]:
+        """The next command, which must be a submit."""
+        command, message = await self.next_any_command(timeout)
+        assert isinstance(command, SubmitTask), command
+        return command, message
+
+    def submitted(self, command: SubmitTask, *, later: float = 1.0) -> TaskSubmitted:
+        return TaskSubmitted(
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            causation_id=command.command_id,
+            occurred_at=command.issued_at + timedelta(seconds=later),
+            data=TaskSubmittedData(
+                task_type=command.task_type,
+                input_data=command.input_data,
+                tenant=command.tenant,
+                idempotency_key=command.idempotency_key,
+                request_hash=command.request_hash,
+                options=command.options,
+            ),
+        )
 
     async def project(self, *events: Event) -> list[int]:
         """Append ``events`` to the events stream, then apply them to the read model in one
@@ -100,13 +125,7 @@ class SchedulerStandIn:
 
     async def submit_and_start(self, command: SubmitTask, *, later: float = 1.0) -> list[Event]:
         """Project the command's TaskSubmitted and a TaskStarted ``later`` seconds after it."""
-        submitted = TaskSubmitted(
-            task_id=command.task_id,
-            correlation_id=command.correlation_id,
-            causation_id=command.command_id,
-            occurred_at=command.issued_at + timedelta(seconds=later),
-            data=TaskSubmittedData(task_type=command.task_type, input_data=command.input_data),
-        )
+        submitted = self.submitted(command, later=later)
         started = TaskStarted(
             task_id=command.task_id,
             correlation_id=command.correlation_id,
@@ -127,6 +146,54 @@ class SchedulerStandIn:
         )
         await self.project(completed)
         return completed
+
+
+TENANT = "acme"
+OTHER_TENANT = "globex"
+
+
+class _Bearer:
+    def __init__(self, key: str) -> None:
+        self._metadata = (("authorization", f"Bearer {key}"),)
+
+    def _with_key(self, details: Any) -> Any:
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return details._replace(metadata=metadata)
+
+
+class _UnaryBearer(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+
+class _StreamBearer(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+
+def bearer_auth(key: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding ``authorization: Bearer <key>`` to every call of a channel (grpc.aio
+    files each interceptor under one call kind only, hence one per kind)."""
+    return [_UnaryBearer(key), _StreamBearer(key)]
+
+
+async def create_key(database_url: str, tenant: str, *, read_only: bool = False) -> str:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        issued = await ApiKeyStore(engine).create(tenant, name="test", read_only=read_only)
+    finally:
+        await engine.dispose()
+    return issued.key
+
+
+@pytest.fixture
+async def api_key(database_url: str) -> str:
+    return await create_key(database_url, TENANT)
+
+
+@pytest.fixture
+async def other_key(database_url: str) -> str:
+    return await create_key(database_url, OTHER_TENANT)
 
 
 @pytest.fixture
@@ -152,15 +219,18 @@ async def gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def http(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+async def http(gateway: Gateway, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
     base_url = f"http://127.0.0.1:{gateway.http_port}"
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+    headers = {"authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=headers) as client:
         yield client
 
 
 @pytest.fixture
-async def grpc_channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+async def grpc_channel(gateway: Gateway, api_key: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{gateway.grpc_port}", interceptors=bearer_auth(api_key)
+    ) as channel:
         yield channel
 
 

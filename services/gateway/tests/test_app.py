@@ -19,6 +19,7 @@ from gateway.app import Gateway, StartupError, run
 from gateway.settings import GatewaySettings
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.embedded import EmbeddedNats, free_port
+from services.gateway.tests.conftest import bearer_auth
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +163,7 @@ def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 async def test_nats_outage_is_503_and_unavailable_and_recovers(
-    private_nats: EmbeddedNats, gateway_settings: GatewaySettings
+    private_nats: EmbeddedNats, gateway_settings: GatewaySettings, api_key: str
 ) -> None:
     settings = gateway_settings.model_copy(
         update={
@@ -174,8 +175,13 @@ async def test_nats_outage_is_503_and_unavailable_and_recovers(
     body = {"task_type": "agent_run", "input_data": {}}
     async with (
         Gateway(settings) as gateway,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http,
-        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway.http_port}",
+            headers={"authorization": f"Bearer {api_key}"},
+        ) as http,
+        grpc.aio.insecure_channel(
+            f"127.0.0.1:{gateway.grpc_port}", interceptors=bearer_auth(api_key)
+        ) as channel,
     ):
         stub = tasks_pb2_grpc.TaskServiceStub(channel)
         await asyncio.to_thread(private_nats.stop, kill=True)
@@ -184,6 +190,7 @@ async def test_nats_outage_is_503_and_unavailable_and_recovers(
         with pytest.raises(grpc.aio.AioRpcError) as unavailable:
             await stub.CreateTask(tasks_pb2.CreateTaskRequest(task_type="agent_run"))
         healthy_meanwhile = await http.get("/healthz")
+        not_ready_meanwhile = await http.get("/readyz")
 
         await asyncio.to_thread(private_nats.start)
         deadline = time.monotonic() + 15
@@ -197,5 +204,11 @@ async def test_nats_outage_is_503_and_unavailable_and_recovers(
     assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "nothing was stored, retry" in (unavailable.value.details() or "")
     assert healthy_meanwhile.status_code == 200
+    assert not_ready_meanwhile.status_code == 503
+    assert not_ready_meanwhile.json() == {
+        "status": "not ready",
+        "nats": "failing",
+        "database": "ok",
+    }
     assert accepted.status_code == 202
     assert accepted.json()["status"] == "pending"

@@ -7,33 +7,19 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 
-from gateway.reading import (
-    DEFAULT_LIMIT,
-    InvalidQuery,
-    page_size,
-    parse_status,
-    parse_task_id,
-    read_only,
-)
+from gateway.api_errors import InvalidRequest
+from gateway.pagination import TaskFilter
+from gateway.reading import TaskReader, parse_status, parse_task_id, read_only
 from opspawn_contracts.task import TaskStatus
 from opspawn_readmodel.database import create_engine
-from opspawn_readmodel.queries import MAX_PAGE_SIZE, ReadModel
 from opspawn_readmodel.tables import projection_checkpoints
-
-
-def test_page_size() -> None:
-    assert page_size(None) == page_size(0) == DEFAULT_LIMIT
-    assert page_size(7) == 7
-    assert page_size(MAX_PAGE_SIZE + 1) == MAX_PAGE_SIZE
-    with pytest.raises(InvalidQuery, match="limit must be positive"):
-        page_size(-1)
 
 
 def test_parse_status_names_the_allowed_values() -> None:
     assert parse_status(None) is None
     assert parse_status("") is None
     assert parse_status("running") is TaskStatus.RUNNING
-    with pytest.raises(InvalidQuery) as error:
+    with pytest.raises(InvalidRequest) as error:
         parse_status("RUNNING")
     assert str(error.value) == (
         "status 'RUNNING' is not one of: pending, running, completed, failed, cancelled"
@@ -42,7 +28,7 @@ def test_parse_status_names_the_allowed_values() -> None:
 
 def test_parse_task_id() -> None:
     assert parse_task_id("00000000-0000-0000-0000-000000000001") == UUID(int=1)
-    with pytest.raises(InvalidQuery, match="task_id '42' is not a UUID"):
+    with pytest.raises(InvalidRequest, match="task_id '42' is not a UUID"):
         parse_task_id("42")
 
 
@@ -50,8 +36,8 @@ def test_parse_task_id() -> None:
 async def test_the_read_only_engine_reads_and_refuses_writes(database_url: str) -> None:
     engine = create_engine(database_url, pool_size=1)
     try:
-        read_model = ReadModel(read_only(engine))
-        assert await read_model.list_tasks() == []
+        reader = TaskReader(read_only(engine))
+        assert await reader.list_tasks("acme", TaskFilter()) == ([], None)
         with pytest.raises(DBAPIError, match="read-only transaction"):
             async with read_only(engine).begin() as connection:
                 await connection.execute(

@@ -16,7 +16,7 @@ from gateway.settings import GatewaySettings
 from opspawn_contracts.commands import SubmitTask
 from opspawn_contracts.events import Event
 from opspawn_contracts.subjects import Subjects
-from services.gateway.tests.conftest import SchedulerStandIn
+from services.gateway.tests.conftest import TENANT, SchedulerStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -57,12 +57,18 @@ async def _submit_and_project(
 
 
 async def test_submit_publishes_the_command_and_answers_202_with_the_pending_task(
-    gateway_settings: GatewaySettings, scheduler: SchedulerStandIn, subjects: Subjects
+    gateway_settings: GatewaySettings,
+    scheduler: SchedulerStandIn,
+    subjects: Subjects,
+    api_key: str,
 ) -> None:
     settings = gateway_settings.model_copy(update={"read_after_write_timeout_seconds": 0.2})
     async with (
         Gateway(settings) as gateway,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway.http_port}",
+            headers={"authorization": f"Bearer {api_key}"},
+        ) as http,
     ):
         response = await http.post(
             "/v1/tasks", json={"task_type": "agent_run", "input_data": PLAN_INPUT}
@@ -77,6 +83,9 @@ async def test_submit_publishes_the_command_and_answers_202_with_the_pending_tas
     assert message.headers["Nats-Msg-Id"] == str(command.command_id)
     assert str(command.task_id) == task["task_id"]
     assert (command.task_type, command.input_data) == ("agent_run", PLAN_INPUT)
+    assert command.tenant == TENANT
+    assert command.idempotency_key is None
+    assert command.request_hash is not None
     # Nothing projected it within the bound, so the answer is the task built from the command.
     assert task["status"] == "pending"
     assert task["input_data"] == PLAN_INPUT
@@ -85,6 +94,11 @@ async def test_submit_publishes_the_command_and_answers_202_with_the_pending_tas
     assert _parse_time(task["created_at"]) == command.issued_at
     assert abs(datetime.now(UTC) - command.issued_at) < timedelta(minutes=1)
     assert UUID(task["task_id"]).version == 4
+    assert task["idempotency_key"] is None
+    assert task["options"] == {"timeout_seconds": None, "max_attempts": None, "allowed_tools": None}
+    assert "tenant" not in task
+    assert "request_hash" not in task
+    assert "idempotent-replayed" not in response.headers
 
 
 async def test_submit_answers_with_the_read_model_once_the_projection_shows_the_task(
@@ -138,7 +152,7 @@ async def test_unknown_and_malformed_task_ids(http: httpx.AsyncClient) -> None:
         assert "'not-a-uuid' is not a UUID" in response.json()["detail"]
 
 
-async def test_list_is_newest_first_filters_by_status_and_caps_the_limit(
+async def test_list_is_newest_first_filters_by_status_and_refuses_a_limit_above_the_cap(
     http: httpx.AsyncClient, scheduler: SchedulerStandIn
 ) -> None:
     commands = [
@@ -150,21 +164,34 @@ async def test_list_is_newest_first_filters_by_status_and_caps_the_limit(
     listed = await http.get("/v1/tasks")
     completed = await http.get("/v1/tasks", params={"status": "completed"})
     running = await http.get("/v1/tasks", params={"status": "running", "limit": 1})
-    huge = await http.get("/v1/tasks", params={"limit": 1_000_000})
+    huge = await http.get("/v1/tasks", params={"limit": 501})
 
-    assert [task["task_id"] for task in listed.json()] == newest_first
-    assert [task["task_id"] for task in completed.json()] == [str(commands[1].task_id)]
-    assert [task["task_id"] for task in running.json()] == [str(commands[2].task_id)]
-    assert huge.status_code == 200
-    assert len(huge.json()) == 3
+    assert [task["task_id"] for task in listed.json()["items"]] == newest_first
+    assert listed.json()["next_cursor"] is None
+    assert [task["task_id"] for task in completed.json()["items"]] == [str(commands[1].task_id)]
+    assert [task["task_id"] for task in running.json()["items"]] == [str(commands[2].task_id)]
+    rest = await http.get(
+        "/v1/tasks",
+        params={"status": "running", "limit": 1, "cursor": running.json()["next_cursor"]},
+    )
+    assert [task["task_id"] for task in rest.json()["items"]] == [str(commands[0].task_id)]
+    assert rest.json()["next_cursor"] is None
+    assert huge.status_code == 422
+    assert huge.headers["content-type"].startswith("application/problem+json")
+    assert huge.json()["detail"] == "limit must be at most 500, got 501"
 
 
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
         ({"status": "done"}, "status 'done' is not one of: pending, running, completed"),
-        ({"limit": "0"}, "limit"),
+        ({"limit": "-1"}, "limit must be positive, got -1"),
         ({"limit": "ten"}, "limit"),
+        ({"task_type": "a.b"}, "task_type"),
+        ({"created_after": "yesterday"}, "created_after"),
+        ({"created_after": "2026-01-01T00:00:00"}, "created_after"),
+        ({"created_before": "0.5"}, "created_before"),
+        ({"cursor": "not/base64"}, "cursor"),
     ],
 )
 async def test_bad_list_queries_are_400_saying_why(
@@ -208,7 +235,8 @@ async def test_events_are_the_stored_envelopes_with_their_stream_sequences(
         "occurred_at": first["occurred_at"]
     }
     assert _parse_time(first["occurred_at"]) == submitted.occurred_at
-    assert first["data"] == {"task_type": "agent_run", "input_data": PLAN_INPUT}
+    assert first["data"]["input_data"] == PLAN_INPUT
+    assert first["data"]["tenant"] == TENANT
     assert first["causation_id"] == str(command.command_id)
 
 
@@ -274,18 +302,135 @@ async def test_openapi_documents_the_routes_their_models_and_the_read_after_writ
     assert "Read-after-write" in submit["description"]
     accepted = submit["responses"]["202"]
     assert accepted["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/TaskView"
+        "$ref": "#/components/schemas/Task"
     }
-    assert "Location" in accepted["headers"]
-    assert {"400", "503"} <= submit["responses"].keys()
-    assert set(spec["paths"]) >= {
+    assert {"Location", "Idempotent-Replayed"} <= accepted["headers"].keys()
+    assert {"202", "400", "401", "403", "409", "413", "422", "503"} == submit["responses"].keys()
+    assert set(spec["paths"]) == {
         "/v1/tasks",
         "/v1/tasks/{task_id}",
+        "/v1/tasks/{task_id}/cancel",
         "/v1/tasks/{task_id}/events",
+        "/v1/tasks/{task_id}/stream",
         "/healthz",
+        "/readyz",
     }
-    assert {"TaskView", "TaskRequest", "TaskEventView", "Problem"} <= spec["components"][
+    assert {"Task", "TaskPage", "TaskRequest", "TaskEventView", "Problem"} <= spec["components"][
         "schemas"
     ].keys()
-    get_task = spec["paths"]["/v1/tasks/{task_id}"]["get"]
-    assert get_task["responses"]["404"]["content"]["application/problem+json"]
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `opspawn apikey create --tenant <tenant>`.",
+    }
+    for path in ("/v1/tasks/{task_id}", "/v1/tasks/{task_id}/events"):
+        responses = spec["paths"][path]["get"]["responses"]
+        assert {"200", "400", "401", "404", "503"} <= responses.keys()
+        assert responses["404"]["content"]["application/problem+json"]
+    cancel = spec["paths"]["/v1/tasks/{task_id}/cancel"]["post"]["responses"]
+    assert {"202", "403", "404", "409"} <= cancel.keys()
+    stream = spec["paths"]["/v1/tasks/{task_id}/stream"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    assert "security" not in spec
+    assert spec["paths"]["/v1/tasks"]["get"]["security"] == [{"ApiKey": []}]
+
+
+async def test_a_cursor_that_is_not_ours_is_422(http: httpx.AsyncClient) -> None:
+    response = await http.get("/v1/tasks", params={"cursor": "bm90IGEgY3Vyc29y"})
+
+    assert response.status_code == 422
+    assert "cursor is not valid" in response.json()["detail"]
+
+
+async def test_options_lists_every_method_of_a_path(http: httpx.AsyncClient) -> None:
+    tasks = await http.options("/v1/tasks")
+    cancel = await http.options(f"/v1/tasks/{uuid4()}/cancel")
+
+    assert tasks.status_code == 204
+    assert tasks.headers["allow"] == "GET, OPTIONS, POST"
+    assert cancel.headers["allow"] == "OPTIONS, POST"
+
+
+async def test_events_page_after_a_sequence(
+    http: httpx.AsyncClient, scheduler: SchedulerStandIn
+) -> None:
+    command = await _submit_and_project(http, scheduler, PLAN_INPUT)
+    await scheduler.complete(command, {"result": 5})
+    everything = (await http.get(f"/v1/tasks/{command.task_id}/events")).json()
+
+    first_two = await http.get(f"/v1/tasks/{command.task_id}/events", params={"limit": 2})
+    rest = await http.get(
+        f"/v1/tasks/{command.task_id}/events", params={"after": first_two.json()[-1]["sequence"]}
+    )
+    too_many = await http.get(f"/v1/tasks/{command.task_id}/events", params={"limit": 1001})
+
+    assert first_two.json() + rest.json() == everything
+    assert [event["event_type"] for event in rest.json()] == ["TaskCompleted"]
+    assert too_many.status_code == 422
+
+
+async def test_limits_are_413_and_422_saying_which(
+    gateway_settings: GatewaySettings,
+    api_key: str,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    settings = gateway_settings.model_copy(
+        update={
+            "max_body_bytes": 4096,
+            "max_input_bytes": 1024,
+            "read_after_write_timeout_seconds": 0.1,
+        }
+    )
+    async with (
+        Gateway(settings) as gateway,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway.http_port}",
+            headers={"authorization": f"Bearer {api_key}"},
+        ) as http,
+    ):
+        huge_body = await http.post(
+            "/v1/tasks", json={"task_type": "agent_run", "input_data": {"blob": "x" * 5000}}
+        )
+        big_input = await http.post(
+            "/v1/tasks", json={"task_type": "agent_run", "input_data": {"blob": "x" * 2000}}
+        )
+        fits = await http.post(
+            "/v1/tasks", json={"task_type": "agent_run", "input_data": {"blob": "x" * 900}}
+        )
+
+    assert huge_body.status_code == 413
+    assert huge_body.headers["content-type"].startswith("application/problem+json")
+    assert big_input.status_code == 422
+    assert big_input.json()["detail"] == (
+        "input_data is 2011 bytes as JSON; at most 1024 are accepted"
+    )
+    assert fits.status_code == 202
+    assert (await jetstream.stream_info(subjects.commands_stream)).state.messages == 1
+
+
+async def test_readyz_checks_nats_and_the_database(http: httpx.AsyncClient) -> None:
+    response = await http.get("/readyz", headers={"authorization": ""})
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "nats": "ok", "database": "ok"}
+
+
+async def test_a_plan_outside_its_allowed_tools_is_422_and_publishes_nothing(
+    http: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    response = await http.post(
+        "/v1/tasks",
+        json={
+            "task_type": "agent_run",
+            "input_data": {"plan": [{"tool": "math.add"}, {"tool": "util.sleep"}]},
+            "options": {"allowed_tools": ["math.*"]},
+        },
+    )
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "plan[1].tool 'util.sleep' is not in options.allowed_tools; allow it, or remove the step"
+    )
+    assert (await jetstream.stream_info(subjects.commands_stream)).state.messages == 0

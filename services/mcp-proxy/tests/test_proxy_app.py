@@ -1,4 +1,5 @@
-"""The proxy as the supervisor runs it: ``python -m mcp_proxy``, readiness, graceful shutdown."""
+"""The proxy as the supervisor runs it: ``python -m mcp_proxy``, readiness, graceful shutdown, and
+several copies sharing the load."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -164,6 +168,71 @@ async def test_python_m_mcp_proxy_serves_until_sigterm(
     assert "mcp-proxy INFO" in log
     assert "MCP server 'toolbox' connected" in log
     await wait_until("the toolbox process ending", lambda: process_gone(toolbox_pid))
+
+
+@dataclass
+class ProxyProcess:
+    process: asyncio.subprocess.Process
+    log_file: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+
+@asynccontextmanager
+async def proxy_process(environment: dict[str, str], log_file: Path) -> AsyncIterator[ProxyProcess]:
+    """``python -m mcp_proxy`` until the block ends, then SIGTERM; ready once it logs serving."""
+    with log_file.open("wb") as log_output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mcp_proxy",
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log_output,
+        )
+    running = ProxyProcess(process, log_file)
+    try:
+        await wait_until(
+            f"the proxy logging to {log_file.name} serving",
+            lambda: "serving 1 MCP servers" in running.log or process.returncode is not None,
+            within=30,
+        )
+        assert process.returncode is None, running.log
+        yield running
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_two_proxy_processes_in_one_queue_group_split_the_calls(
+    nats_server: EmbeddedNats, subjects: Subjects, nats_client: NatsClient, tmp_path: Path
+) -> None:
+    config = tmp_path / "mcp_servers.yaml"
+    config.write_text(
+        "servers:\n  toolbox:\n    command: python\n    args: ['${TOOLBOX_PATH}']\n"
+        "    env: {COPY_LABEL: '${PROXY_LABEL}'}\n"
+    )
+    environment = proxy_environment(nats_server.url, subjects, config)
+    async with (
+        proxy_process(environment | {"PROXY_LABEL": "first"}, tmp_path / "first.log") as first,
+        proxy_process(environment | {"PROXY_LABEL": "second"}, tmp_path / "second.log") as second,
+    ):
+        replies = [
+            await call(nats_client, subjects, "getenv", name="COPY_LABEL") for _ in range(40)
+        ]
+    assert all(reply.ok for reply in replies)
+    answered_by = Counter(reply.result for reply in replies)
+    # Each request is answered by one copy; both answer some (odds of not: 2 in 10^12).
+    assert set(answered_by) == {"first", "second"}
+    assert sum(answered_by.values()) == 40
+    for copy in (first, second):
+        assert copy.process.returncode == 0, copy.log
+        assert copy.log.count("calls toolbox.getenv") == answered_by[copy.log_file.stem]
 
 
 async def test_a_bad_config_file_stops_the_proxy_naming_server_and_field(

@@ -14,8 +14,10 @@ import pytest
 
 from mcp_proxy.config import (
     ConfigError,
+    Restart,
     StdioServer,
     StreamableHttpServer,
+    ToolFilter,
     load_config,
     parse_config,
 )
@@ -197,3 +199,99 @@ def test_the_example_file_parses() -> None:
     remote = config.servers["remote"]
     assert isinstance(remote, StreamableHttpServer)
     assert remote.url == "http://127.0.0.1:8931/mcp"
+
+
+def test_limits_tool_filter_health_check_and_restart_are_read() -> None:
+    config = parse_config(
+        """
+servers:
+  toolbox:
+    command: python
+    connect_timeout_seconds: 5
+    max_request_bytes: 4096
+    max_reply_bytes: 65536
+    tools: {allow: ["get_*", "echo"], deny: ["get_secret"]}
+    health_check: {interval_seconds: 2, timeout_seconds: 1, failures_before_restart: 3}
+    restart: {initial_delay_seconds: 0.1, max_delay_seconds: 5, multiplier: 3, call_wait_seconds: 2}
+"""
+    )
+    server = config.servers["toolbox"]
+    assert (server.connect_timeout_seconds, server.max_request_bytes, server.max_reply_bytes) == (
+        5,
+        4096,
+        65536,
+    )
+    assert (server.tools.allow, server.tools.deny) == (["get_*", "echo"], ["get_secret"])
+    check = server.health_check
+    assert (check.interval_seconds, check.timeout_seconds, check.failures_before_restart) == (
+        2,
+        1,
+        3,
+    )
+    assert server.restart.call_wait_seconds == 2
+
+
+def test_by_default_every_tool_is_offered_and_servers_are_pinged_and_restarted() -> None:
+    server = parse_config("servers:\n  t:\n    command: python\n").servers["t"]
+    assert server.tools.admits("anything")
+    assert server.health_check.interval_seconds > 0
+    assert server.restart.delay(0) > 0
+
+
+def test_the_tool_filter_denies_over_allowing() -> None:
+    tool_filter = ToolFilter(allow=["get_*", "echo"], deny=["get_secret*"])
+    assert tool_filter.admits("get_time")
+    assert tool_filter.admits("echo")
+    assert not tool_filter.admits("echo2")  # patterns match the whole name
+    assert not tool_filter.admits("get_secret_key")
+    assert not tool_filter.admits("Get_time")  # case matters, as in tool names
+    assert not ToolFilter(deny=["*"]).admits("echo")
+
+
+def test_restart_delays_grow_to_their_maximum() -> None:
+    restart = Restart(initial_delay_seconds=0.5, multiplier=2, max_delay_seconds=3)
+    assert [restart.delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert restart.delay(10_000) == 3.0  # no overflow after a long outage
+    assert Restart(initial_delay_seconds=0).delay(5) == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "complaint"),
+    [
+        ("tools: {allow: [' ']}", "tools.allow", "must not be blank"),
+        ("tools: {deny: get_*}", "tools.deny", "valid list"),
+        ("tools: {block: [x]}", "tools.block", "Extra inputs"),
+        ("health_check: {interval_seconds: -1}", "health_check.interval_seconds", "greater than"),
+        (
+            "health_check: {failures_before_restart: 0}",
+            "health_check.failures_before_restart",
+            "greater than or equal to 1",
+        ),
+        ("restart: {multiplier: 0.5}", "restart.multiplier", "greater than or equal to 1"),
+        ("restart: {max_delay_seconds: 0}", "restart.max_delay_seconds", "greater than 0"),
+        ("max_request_bytes: 0", "max_request_bytes", "greater than or equal to 1"),
+        ("max_reply_bytes: lots", "max_reply_bytes", "integer"),
+        ("connect_timeout_seconds: 0", "connect_timeout_seconds", "greater than 0"),
+    ],
+)
+def test_a_bad_limit_names_server_and_nested_field(
+    setting: str, field: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(f"servers:\n  toolbox:\n    command: python\n    {setting}\n")
+    assert f"server 'toolbox', field '{field}'" in str(raised.value)
+    assert complaint in str(raised.value)
+
+
+def test_the_readme_example_parses_with_the_defaults_it_shows() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("MCP servers (`OPSPAWN_MCP_CONFIG`)", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = parse_config(example, environ={}).servers["time"]
+    defaults = StdioServer(command="python")
+    for name in ("max_request_bytes", "max_reply_bytes", "tools", "health_check", "restart"):
+        assert getattr(shown, name) == getattr(defaults, name), name
+    assert (shown.call_timeout_seconds, shown.max_concurrent_calls) == (
+        defaults.call_timeout_seconds,
+        defaults.max_concurrent_calls,
+    )

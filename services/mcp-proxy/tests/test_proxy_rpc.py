@@ -6,23 +6,34 @@ need their own configuration start their own proxy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mcp_proxy.config import ProxyConfig, StdioServer, StreamableHttpServer, parse_config
+from mcp_proxy.config import (
+    HealthCheck,
+    ProxyConfig,
+    Restart,
+    StdioServer,
+    StreamableHttpServer,
+    parse_config,
+)
 from mcp_proxy.testing import ProxyClient, serve_proxy
 from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.tool_rpc import CallToolReply, ToolErrorCode
+from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest, ToolErrorCode
 
 TOOLBOX = Path(__file__).resolve().parents[3] / "tests" / "mcp_servers" / "toolbox_server.py"
 
@@ -33,6 +44,9 @@ servers:
     command: python
     args: ["{TOOLBOX}"]
     call_timeout_seconds: 1.5
+    max_request_bytes: 4096
+    max_reply_bytes: 8192
+    tools: {{deny: [crash, freeze]}}
   time:
     command: python
     args: ["-m", "mcp_server_time", "--local-timezone", "UTC"]
@@ -50,29 +64,48 @@ async def proxy(nats_server: EmbeddedNats) -> AsyncIterator[ProxyClient]:
         yield client
 
 
-@pytest.fixture
-def http_toolbox() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The toolbox serving streamable HTTP in a process of its own: its endpoint and process."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(TOOLBOX), "--http", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+@dataclass
+class HttpToolbox:
+    """The toolbox serving streamable HTTP in a process of its own, on a fixed port, so it can
+    go away and come back where the proxy expects it."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(TOOLBOX), "--http", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the HTTP toolbox did not listen on port {port}")
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the HTTP toolbox did not listen on port {self.port}")
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp", process
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def http_toolbox() -> Iterator[HttpToolbox]:
+    toolbox = HttpToolbox()
+    toolbox.start()
+    try:
+        yield toolbox
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        toolbox.stop()
 
 
 def error_of(reply: CallToolReply) -> tuple[ToolErrorCode, str, str | None, str | None]:
@@ -161,6 +194,8 @@ async def test_the_caller_task_id_is_logged(
         ("toolbox", "fail", {"message": "boom"}, ToolErrorCode.TOOL_ERROR, "boom"),
         ("toolbox", "add", {"a": "x", "b": 1}, ToolErrorCode.INVALID_ARGUMENTS, "a: 'x' is not"),
         ("toolbox", "slow", {"seconds": 10}, ToolErrorCode.TIMEOUT, "within 1.5 s"),
+        ("toolbox", "blob", {"size": 9000}, ToolErrorCode.TOO_LARGE, "at most 8192"),
+        ("toolbox", "crash", {}, ToolErrorCode.UNKNOWN_TOOL, "blocked by the configuration"),
         (
             "time",
             "get_current_time",
@@ -235,36 +270,29 @@ async def test_the_pypi_time_server_through_the_proxy(proxy: ProxyClient) -> Non
     assert str(target["datetime"]).endswith("T21:00:00+09:00")
 
 
-async def test_proxy_copies_share_the_requests(
-    nats_server: EmbeddedNats, subjects: Subjects
+async def test_a_request_over_the_size_limit_is_too_large(proxy: ProxyClient) -> None:
+    fits = await proxy.call("toolbox", "echo", {"text": "y" * 3900})
+    assert (fits.ok, fits.result) == (True, "y" * 3900)
+    payload = CallToolRequest(server="toolbox", tool="echo", arguments={"text": "y" * 5000})
+    body = payload.model_dump_json().encode()
+    reply = await proxy.call_raw("toolbox", body)
+    code, message, server, tool = error_of(reply)
+    assert (code, server, tool) == (ToolErrorCode.TOO_LARGE, "toolbox", None)
+    assert message == (
+        f"the request is {len(body)} bytes; MCP server 'toolbox' accepts at most 4096 "
+        "(max_request_bytes)"
+    )
+
+
+async def test_a_streamable_http_server_that_goes_away_and_comes_back(
+    nats_server: EmbeddedNats, subjects: Subjects, http_toolbox: HttpToolbox
 ) -> None:
-    def labelled(label: str) -> ProxyConfig:
-        server = StdioServer(command="python", args=[str(TOOLBOX)], env={"COPY_LABEL": label})
-        return ProxyConfig(servers={"toolbox": server})
-
-    async with (
-        serve_proxy(nats_server.url, subjects, labelled("first")) as client,
-        serve_proxy(nats_server.url, subjects, labelled("second")),
-    ):
-        replies = [
-            await client.call("toolbox", "getenv", {"name": "COPY_LABEL"}) for _ in range(40)
-        ]
-    assert all(reply.ok for reply in replies)
-    # Each request is answered by one copy; both copies answer some (odds of not: 2 in 10^12).
-    assert {reply.result for reply in replies if isinstance(reply.result, str)} == {
-        "first",
-        "second",
-    }
-
-
-async def test_a_streamable_http_server(
-    nats_server: EmbeddedNats,
-    subjects: Subjects,
-    http_toolbox: tuple[str, subprocess.Popen[bytes]],
-) -> None:
-    url, process = http_toolbox
     server = StreamableHttpServer(
-        transport="streamable_http", url=url, headers={"X-Opspawn-Test": "1"}
+        transport="streamable_http",
+        url=http_toolbox.url,
+        headers={"X-Opspawn-Test": "1"},
+        health_check=HealthCheck(interval_seconds=0.2, timeout_seconds=1),
+        restart=Restart(initial_delay_seconds=0.1, max_delay_seconds=0.5, call_wait_seconds=5),
     )
     config = ProxyConfig(servers={"remote": server})
     async with serve_proxy(nats_server.url, subjects, config) as client:
@@ -272,6 +300,8 @@ async def test_a_streamable_http_server(
         assert [(s.server, s.transport, s.connected) for s in status.servers] == [
             ("remote", "streamable_http", True)
         ]
+        listing = await client.list_tools(b'{"server": "remote"}')
+        assert "word_count" in {tool.name for tool in listing.tools}
         reply = await client.call("remote", "word_count", {"text": "over the wire"})
         assert (reply.ok, reply.result) == (True, 3)
         failed = await client.call("remote", "fail", {"message": "remote boom"})
@@ -279,10 +309,93 @@ async def test_a_streamable_http_server(
             ToolErrorCode.TOOL_ERROR,
             "Error executing tool fail: remote boom",
         )
-        # Over HTTP nothing tells the proxy the server went away until the next request fails.
-        process.terminate()
-        process.wait(timeout=10)
-        gone = await client.call("remote", "echo", {"text": "anyone?"})
-        assert error_of(gone)[0] is ToolErrorCode.UNAVAILABLE
-        status = await client.wait_for_status("remote", connected=False)
-        assert "ConnectError" in (status.servers[0].error or "")
+        first_pid = (await client.call("remote", "pid")).result
+
+        http_toolbox.stop()  # no call is made: the proxy notices by itself
+        gone = await client.wait_for_server(
+            "remote", lambda s: "ConnectError" in (s.error or ""), "disconnected for ConnectError"
+        )
+        assert not gone.connected
+        assert gone.state in ("waiting_to_restart", "connecting")  # retrying, with backoff
+        assert (await client.list_tools(b'{"server": "remote"}')).error is not None
+        refused = await client.call("remote", "echo", {"text": "anyone?"})
+        assert error_of(refused)[0] is ToolErrorCode.UNAVAILABLE
+        assert "ConnectError" in error_of(refused)[1]
+
+        http_toolbox.start()
+        back = await client.wait_for_server("remote", lambda s: s.connected, "reconnected")
+        assert back.restarts >= 1
+        again = await client.call("remote", "pid")
+        assert again.ok
+        assert again.result != first_pid
+
+
+async def test_a_killed_stdio_server_is_restarted_and_serves_the_next_calls(
+    nats_server: EmbeddedNats, subjects: Subjects
+) -> None:
+    config = ProxyConfig(
+        servers={
+            "toolbox": StdioServer(
+                command="python", args=[str(TOOLBOX)], restart=Restart(initial_delay_seconds=0.2)
+            )
+        }
+    )
+    async with serve_proxy(nats_server.url, subjects, config) as client:
+        first_pid = (await client.call("toolbox", "pid")).result
+        assert isinstance(first_pid, int)
+        before = [await client.call("toolbox", "word_count", {"text": "a b"}) for _ in range(5)]
+        assert all(reply.result == 2 for reply in before)
+
+        os.kill(first_pid, signal.SIGKILL)
+        await client.wait_for_server(
+            "toolbox", lambda s: s.restarts == 1 or not s.connected, "down"
+        )
+        after = [
+            await client.call("toolbox", "word_count", {"text": f"call {n}"}) for n in range(20)
+        ]
+        assert [(reply.ok, reply.result) for reply in after] == [(True, 2)] * 20
+        second_pid = (await client.call("toolbox", "pid")).result
+        assert isinstance(second_pid, int)
+        assert second_pid != first_pid
+        status = await client.wait_for_server("toolbox", lambda s: s.connected, "connected")
+        assert (status.restarts, status.state) == (1, "connected")
+
+
+async def test_calls_in_flight_when_the_server_dies_fail_clearly_and_later_ones_succeed(
+    nats_server: EmbeddedNats, subjects: Subjects, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ProxyConfig(servers={"toolbox": StdioServer(command="python", args=[str(TOOLBOX)])})
+    async with serve_proxy(nats_server.url, subjects, config) as client:
+        with caplog.at_level(logging.INFO, logger="mcp_proxy.rpc"):
+            in_flight = [
+                asyncio.create_task(client.call("toolbox", "slow", {"seconds": 5}))
+                for _ in range(3)
+            ]
+            deadline = time.monotonic() + 10
+            while caplog.text.count("calls toolbox.slow") < 3:
+                assert time.monotonic() < deadline, "the slow calls never reached the proxy"
+                await asyncio.sleep(0.02)
+        await client.call("toolbox", "crash")
+        lost = await asyncio.gather(*in_flight)
+        for reply in lost:
+            code, message, _, tool = error_of(reply)
+            assert (code, tool) == (ToolErrorCode.UNAVAILABLE, "slow")
+            assert message == "MCP server 'toolbox' closed the connection during the call"
+        later = await client.call("toolbox", "echo", {"text": "recovered"})
+        assert (later.ok, later.result) == (True, "recovered")
+
+
+async def test_the_listing_follows_the_servers_tool_list_changes(
+    nats_server: EmbeddedNats, subjects: Subjects
+) -> None:
+    config = ProxyConfig(servers={"toolbox": StdioServer(command="python", args=[str(TOOLBOX)])})
+    async with serve_proxy(nats_server.url, subjects, config) as client:
+        assert (await client.call("toolbox", "grow", {"name": "shout"})).ok
+        deadline = time.monotonic() + 10
+        while "shout" not in {tool.name for tool in (await client.list_tools()).tools}:
+            assert time.monotonic() < deadline, "the proxy never listed the new tool"
+            await asyncio.sleep(0.02)
+        status = await client.status()
+        assert status.servers[0].tools == len((await client.list_tools()).tools)
+        reply = await client.call("toolbox", "shout", {"text": "hello"})
+        assert (reply.ok, reply.result) == (True, "shout: hello")

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from opspawn_contracts.commands import SubmitTask
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
+    TaskOptions,
     TaskStarted,
     TaskStartedData,
     TaskSubmitted,
@@ -80,6 +81,7 @@ async def test_submit_stores_task_submitted_and_queues_the_first_attempt(
         attempt=1,
         correlation_id=command.correlation_id,
         causation_id=submitted.event_id,
+        options=TaskOptions(max_attempts=1),
     )
     assert msg_id == assignment.msg_id()
     work = await jetstream.stream_info(subjects.work_stream, subjects_filter=subjects.all_work)

@@ -1,14 +1,20 @@
 """The agent loop: ask the planner, check and run its tool calls, report, repeat until told to stop.
 
-Stop conditions, checked explicitly: the planner's final answer (a plan is exhausted), a failed
-tool call (when ``stop_on_tool_error``, the default for plans), ``max_steps``, the run's deadline,
-and the ``cancel`` event. The last two also interrupt a tool call in flight: the call's task is
+Stop conditions, checked explicitly: the planner's final answer (a plan is exhausted, a model
+answers), a failed tool call (when ``stop_on_tool_error``, the default for plans; a language model
+instead reads the error and carries on), ``max_steps``, the run's deadline, and the ``cancel``
+event. The last two also interrupt a tool call in flight: the call's task is
 cancelled, which kills its sandbox process or abandons its request, before the run returns.
 
 Progress is reported through ``on_step``, awaited for every record before the loop goes on, so a
 caller that persists records (the runner appends events) gets them in order and applies
 back-pressure. An exception from ``on_step`` ends the run by propagating: a run whose progress
 cannot be recorded should not carry on unrecorded.
+
+The conversation goes to ``memory``: first the task (:func:`task_message`), then per step one
+assistant message with the step's tool calls and one tool message per call with its result or
+error. Tools are listed once per run and only those the security manager allows are offered to
+the planner; the run's own allowlist is ``context.allowed_tools`` (see :mod:`agentkit.security`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import JsonValue
 
-from agentkit.errors import PlanError, ToolError
+from agentkit.errors import LlmError, PlanError, ToolError
 from agentkit.interfaces import (
     CallContext,
     CallOutcome,
@@ -34,6 +40,7 @@ from agentkit.interfaces import (
     SecurityManager,
     ToolCall,
     ToolManager,
+    ToolSpec,
 )
 from agentkit.steps import (
     AgentResult,
@@ -46,6 +53,23 @@ from agentkit.steps import (
 
 StepCallback = Callable[[StepRecord], Awaitable[None]]
 T = TypeVar("T")
+
+_NOT_PART_OF_THE_TASK = frozenset({"goal", "plan"})
+
+
+def task_message(input_data: dict[str, JsonValue]) -> str:
+    """The task as the first user message: its ``goal`` (when a string) and any other input.
+
+    A ``plan`` is an instruction to the runner, not to a model, and is left out; input without a
+    goal is given as JSON.
+    """
+    goal = input_data.get("goal")
+    if not isinstance(goal, str):
+        return json.dumps(input_data)
+    extra = {key: value for key, value in input_data.items() if key not in _NOT_PART_OF_THE_TASK}
+    if not extra:
+        return goal
+    return f"{goal}\n\nInput data (JSON): {json.dumps(extra)}"
 
 
 class _Interrupted(Exception):
@@ -90,14 +114,16 @@ class Agent:
         """Run until a stop condition; never raises for a failure of the task itself.
 
         ``timeout_seconds`` bounds the whole run (the deadline); setting ``cancel`` stops it.
+        ``context.allowed_tools`` is the run's own allowlist, for the security manager.
         """
+        context = context or CallContext()
         run = _Run(
             self,
             input_data,
             on_step=on_step,
             cancel=cancel,
             timeout_seconds=timeout_seconds,
-            context=context or CallContext(),
+            context=context,
         )
         return await run.execute()
 
@@ -129,17 +155,23 @@ class _Run:
 
     async def execute(self) -> AgentResult:
         agent = self._agent
-        agent._memory.add(Message(role="user", content=json.dumps(self._input)))
+        agent._memory.add(Message(role="user", content=task_message(self._input)))
+        try:
+            tools = await self._interruptible(self._offered_tools)
+        except _Interrupted as interrupted:
+            return self._interrupted(interrupted.reason, 0, None)
         while True:
             step_index = len(self._completed_steps)
             state = RunState(
                 input_data=self._input,
                 completed_steps=tuple(self._completed_steps),
                 memory=agent._memory,
-                tools=agent._tools.list_tools(),
+                tools=tools,
             )
             try:
                 decision = await self._interruptible(partial(agent._planner.decide, state))
+            except LlmError as error:
+                return self._failure(StopReason.LLM_FAILED, str(error))
             except PlanError as error:
                 return self._failure(StopReason.PLAN_INVALID, str(error))
             except _Interrupted as interrupted:
@@ -153,8 +185,9 @@ class _Run:
                     f"stopped after {agent._max_steps} steps (max_steps) before the planner "
                     "finished",
                 )
-            if decision.message is not None:
-                agent._memory.add(Message(role="assistant", content=decision.message))
+            agent._memory.add(
+                Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
+            )
             self._current_step = []
             for call in decision.calls:
                 failure = await self._run_call(step_index, call)
@@ -173,13 +206,6 @@ class _Run:
     async def _run_call(self, step_index: int, call: ToolCall) -> AgentResult | None:
         """Run one call and record it; the run's result if this call ends the run."""
         agent = self._agent
-        agent._memory.add(
-            Message(
-                role="assistant",
-                content=json.dumps({"tool": call.tool, "arguments": call.arguments}),
-                tool_call_id=call.call_id,
-            )
-        )
         await self._emit(
             ToolCallStarted(
                 step_index=step_index,
@@ -226,6 +252,10 @@ class _Run:
             )
         self._current_step.append(CallOutcome(call=call, result=result, error=error))
         return None
+
+    async def _offered_tools(self) -> Sequence[ToolSpec]:
+        listed = await self._agent._tools.list_tools()
+        return tuple(s for s in listed if self._agent._security.allows(s.name, self._context))
 
     async def _authorized_call(self, call: ToolCall) -> JsonValue:
         await self._agent._security.authorize(call, self._context)

@@ -51,8 +51,20 @@ class ToolUnavailable(ToolError):
     """Whatever runs the tool (the MCP proxy, an MCP server) could not be reached."""
 
 
+class ToolLimitExceeded(ToolError):
+    """The tool broke a sandbox limit (memory, CPU time, result size); the message names it."""
+
+
 class PlanError(Exception):
     """The planner cannot produce a next step from the task's input (e.g. a malformed plan)."""
+
+
+class LlmError(PlanError):
+    """The language model could not be asked, or gave no usable reply, within bounded retries.
+
+    The message says what happened last (the HTTP status and the server's error text, a timeout,
+    the malformed reply) and how many attempts were made.
+    """
 
 
 def describe_validation_error(error: ValidationError, *, root: str = "") -> str:

@@ -51,16 +51,31 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """Facts about the run a tool manager may need (e.g. to tag a remote call for its logs)."""
+    """Facts about the run that tool and security managers may need.
+
+    ``allowed_tools`` is the run's own allowlist (``fnmatch`` patterns such as ``"math.*"``), taken
+    from the task's options (``TaskOptions.allowed_tools``); ``None`` when the run does not
+    restrict its tools. A :class:`SecurityManager` decides what it means
+    (see :mod:`agentkit.security`).
+    """
 
     task_id: UUID | None = None
+    allowed_tools: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One message of a run's conversation, in the shape the Chat Completions API uses.
+
+    An assistant message that asks for tools carries them in ``tool_calls``; each answer is a
+    ``"tool"`` message whose ``tool_call_id`` names the call it answers. ``content`` of a tool
+    message is the result as JSON text, or ``"error: ..."``.
+    """
+
     role: Literal["system", "user", "assistant", "tool"]
     content: str
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +138,13 @@ class Planner(Protocol):
 
 @runtime_checkable
 class ToolManager(Protocol):
-    def list_tools(self) -> Sequence[ToolSpec]:
-        """Tools this manager knows up front (remote ones may be callable without being listed)."""
+    async def list_tools(self) -> Sequence[ToolSpec]:
+        """The tools this manager can run now, with their schemas (what a planner is offered).
+
+        Listing must not fail a run: a manager whose tools live elsewhere returns what it knows
+        (possibly nothing) when that side cannot be asked. A tool may be callable without being
+        listed (a plan may name it).
+        """
         ...
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
@@ -140,14 +160,27 @@ class ToolManager(Protocol):
 
 @runtime_checkable
 class SecurityManager(Protocol):
+    def allows(self, tool: str, context: CallContext) -> bool:
+        """Whether ``tool`` may be used at all in this run: only such tools are offered to a
+        planner. :meth:`authorize` may still refuse a particular call."""
+        ...
+
     async def authorize(self, call: ToolCall, context: CallContext) -> None:
-        """Return if ``call`` may run; raise :class:`~agentkit.errors.ToolDenied` saying why not."""
+        """Return if ``call`` may run; raise :class:`~agentkit.errors.ToolDenied` saying why not.
+
+        The agent records a refusal as the call's failed outcome, like any tool error.
+        """
         ...
 
 
 @runtime_checkable
 class Memory(Protocol):
-    """A run's conversation. One instance belongs to one run."""
+    """A run's conversation. One instance belongs to one run.
+
+    What a memory keeps is its policy (see :class:`~agentkit.memory.BoundedMemory`), with one rule
+    every implementation must follow so the conversation stays valid for a model: a ``"tool"``
+    message is never kept without the assistant message whose ``tool_calls`` it answers.
+    """
 
     def add(self, message: Message) -> None: ...
 

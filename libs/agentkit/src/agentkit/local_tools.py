@@ -33,7 +33,7 @@ class LocalTools:
     def namespaces(self) -> frozenset[str]:
         return self.registry.namespaces
 
-    def list_tools(self) -> Sequence[ToolSpec]:
+    async def list_tools(self) -> Sequence[ToolSpec]:
         return self.registry.schemas()
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:

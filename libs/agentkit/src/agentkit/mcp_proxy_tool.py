@@ -7,12 +7,20 @@ A call to ``<server>.<tool>`` becomes a :class:`~opspawn_contracts.tool_rpc.Call
 errors map to the matching error type, "no responders" means no proxy is running, and a missing
 reply means the proxy (or its server) is stuck.
 
+Tools are listed by asking the proxy (``Subjects.mcp_list_tools``), so a language-model planner
+is offered every MCP server's tools with their input schemas. A listing is kept for ``list_ttl``
+seconds. When the proxy cannot be asked the list is empty, so a missing proxy costs a run nothing
+but the offer of remote tools; an empty list is kept only ``EMPTY_LIST_TTL`` seconds, so a runner
+that started before the proxy (or its servers) sees their tools soon after they come up.
+
 The proxy enforces the call's timeout itself (it is sent as ``timeout_seconds``) and replies with
 a timeout error; this side waits ``reply_margin`` longer, for the time NATS and the proxy add.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 from nats.aio.client import Client
@@ -31,15 +39,25 @@ from agentkit.errors import (
 )
 from agentkit.interfaces import CallContext, ToolCall, ToolSpec, split_tool_name
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest, ToolErrorCode
+from opspawn_contracts.tool_rpc import (
+    CallToolReply,
+    CallToolRequest,
+    ListToolsReply,
+    ListToolsRequest,
+    ToolDescriptor,
+    ToolErrorCode,
+)
+
+logger = logging.getLogger(__name__)
+
+EMPTY_LIST_TTL = 2.0
 
 
 class McpProxyTools:
     """A :class:`~agentkit.interfaces.ToolManager` for tools behind the MCP proxy.
 
-    ``default_timeout`` applies to calls that do not set their own. Tools are not listed up front
-    (``list_tools`` is empty): a call names its server and tool, and the proxy says if either is
-    unknown.
+    ``default_timeout`` applies to calls that do not set their own. A call needs no listing: it
+    names its server and tool, and the proxy says if either is unknown.
     """
 
     def __init__(
@@ -49,14 +67,45 @@ class McpProxyTools:
         *,
         default_timeout: float = 60.0,
         reply_margin: float = 2.0,
+        list_timeout: float = 2.0,
+        list_ttl: float = 30.0,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._default_timeout = default_timeout
         self._reply_margin = reply_margin
+        self._list_timeout = list_timeout
+        self._list_ttl = list_ttl
+        self._listed: tuple[float, tuple[ToolSpec, ...]] | None = None
 
-    def list_tools(self) -> Sequence[ToolSpec]:
-        return ()
+    async def list_tools(self) -> Sequence[ToolSpec]:
+        if self._listed is not None:
+            listed_at, specs = self._listed
+            ttl = self._list_ttl if specs else min(self._list_ttl, EMPTY_LIST_TTL)
+            if time.monotonic() - listed_at < ttl:
+                return specs
+        specs = await self._ask_for_tools()
+        self._listed = (time.monotonic(), specs)
+        return specs
+
+    async def _ask_for_tools(self) -> tuple[ToolSpec, ...]:
+        try:
+            message = await self._nc.request(
+                self._subjects.mcp_list_tools,
+                ListToolsRequest().model_dump_json().encode(),
+                timeout=self._list_timeout,
+            )
+            reply = ListToolsReply.model_validate_json(message.data)
+        except NoRespondersError:
+            logger.debug("no MCP proxy answered the tool listing; offering no MCP tools")
+            return ()
+        except (NatsError, ValidationError) as error:
+            logger.warning("cannot list the MCP proxy's tools (%s); offering none", error)
+            return ()
+        if not reply.ok:
+            logger.warning("the MCP proxy refused to list tools: %s", reply.error)
+            return ()
+        return tuple(spec for spec in map(_spec, reply.tools) if spec is not None)
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:
@@ -95,6 +144,17 @@ class McpProxyTools:
         if reply.ok:
             return reply.result
         raise _tool_error(call.tool, server, timeout, reply)
+
+
+def _spec(descriptor: ToolDescriptor) -> ToolSpec | None:
+    name = f"{descriptor.server}.{descriptor.name}"
+    try:
+        split_tool_name(name)
+    except ValueError:
+        logger.warning("MCP tool %r cannot be named as a tool here; not offering it", name)
+        return None
+    schema = descriptor.input_schema or {"type": "object", "properties": {}}
+    return ToolSpec(name=name, description=descriptor.description or "", input_schema=schema)
 
 
 def _tool_error(name: str, server: str, timeout: float, reply: CallToolReply) -> ToolError:

@@ -1,45 +1,36 @@
-"""Running a local tool outside the runner's process, with a wall-clock limit.
+"""Running a local tool outside the runner's process, within limits: the :class:`ToolExecutor`.
 
-Why a process per call, started with ``asyncio.create_subprocess_exec(sys.executable, "-I", "-m",
-"agentkit.sandbox_worker")`` and JSON over stdin/stdout, rather than :mod:`multiprocessing`:
+Two executors share one worker program (:mod:`agentkit.sandbox_worker`) and one parent-side
+process handle (:mod:`agentkit.sandbox_process`):
 
-* It is asyncio-native: waiting, timing out and cancelling are plain awaits, no executor thread
-  blocks on a pipe or a pool.
-* A timed-out or cancelled call is ended for certain: the child leads its own process group, which
-  gets SIGKILL (grandchildren included), and the child is awaited, so no zombie is left behind.
-* The child starts from a clean interpreter with an environment built here (``PATH`` and a locale,
-  nothing from the parent: no credentials, no ``OPSPAWN_*``), and ``-I`` makes Python ignore
-  ``PYTHON*`` variables, the user site and the current directory. A fork of the runner would
-  instead inherit its memory (connections, secrets) and the state of a running event loop.
-* The wire format is explicit (see :mod:`agentkit.sandbox_worker`), so a crash, a tool that raised
-  and a result are told apart without pickling.
+* :class:`SubprocessSandbox` starts a fresh process per call: the strongest isolation between
+  calls (nothing a tool leaves behind survives it), at the price of an interpreter start per call.
+* :class:`~agentkit.worker_pool.WorkerPool` keeps pre-started workers and lends one per call: the
+  start-up is paid ahead of time, and a worker is replaced after a timeout, crash or breached
+  limit (see that module for the trade-off).
 
-This is process isolation (a hung or crashing tool cannot take the runner down or see its
-secrets), not a security boundary against hostile code: there is no seccomp, namespace or
-resource limit yet. Start-up costs one interpreter per call (tens of milliseconds); the
-:class:`ToolExecutor` protocol is the seam where a pre-forked worker pool can replace it.
+Each call runs with a wall-clock timeout, a CPU-time and a memory limit (``resource.setrlimit`` in
+the child), a result size limit, and none of the parent's environment. A tool that hangs, eats
+memory, kills its interpreter, returns something that is not JSON or too much of it, or looks for
+a secret in its environment, yields a :class:`~agentkit.errors.ToolError` saying so; the parent
+goes on.
+
+This is process isolation, not a security boundary against hostile code: there is no seccomp,
+namespace or filesystem restriction.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import JsonValue
 
-from agentkit.errors import ToolCrashed, ToolError, ToolRaised, ToolTimeout
-
-WORKER_MODULE = "agentkit.sandbox_worker"
-MAX_REPLY_BYTES = 1024 * 1024
-"""Largest reply accepted: a result must fit in one event (the events stream's message limit)."""
-_STDERR_TAIL = 2000
+from agentkit.errors import ToolError, ToolLimitExceeded, ToolRaised
+from agentkit.sandbox_process import SandboxLimits, SandboxProcess, minimal_environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,110 +47,93 @@ class ToolExecutor(Protocol):
     async def execute(self, job: ToolJob, *, timeout: float) -> JsonValue:
         """The tool's JSON result, or :class:`~agentkit.errors.ToolError`.
 
-        Raises :class:`ToolTimeout` after ``timeout`` seconds, :class:`ToolRaised` when the tool
-        raised, :class:`ToolCrashed` when whatever ran it died. Cancellation stops the tool.
+        Raises :class:`~agentkit.errors.ToolTimeout` after ``timeout`` seconds,
+        :class:`~agentkit.errors.ToolRaised` when the tool raised,
+        :class:`~agentkit.errors.ToolLimitExceeded` when it broke a resource limit, and
+        :class:`~agentkit.errors.ToolCrashed` when whatever ran it died. Cancellation stops the
+        tool.
         """
         ...
 
 
-def minimal_environment() -> dict[str, str]:
-    """What a tool process gets: enough to run Python, nothing of the parent's."""
-    return {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-
-
-class SubprocessSandbox:
-    """A :class:`ToolExecutor` that starts one short-lived Python process per call.
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """How tool processes are started: shared by both executors.
 
     ``import_paths`` are prepended to the child's ``sys.path``, for tools that live outside the
     installed packages; ``extra_env`` adds chosen variables to the minimal environment.
     """
+
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    import_paths: tuple[str, ...] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+
+    @property
+    def env(self) -> dict[str, str]:
+        return minimal_environment() | dict(self.extra_env)
+
+    def request(self, job: ToolJob) -> dict[str, Any]:
+        return {
+            "function": job.function_ref,
+            "input_model": job.input_model_ref,
+            "arguments": job.arguments,
+            "import_paths": list(self.import_paths),
+        }
+
+
+class SubprocessSandbox:
+    """A :class:`ToolExecutor` that starts one short-lived Python process per call."""
 
     def __init__(
         self,
         *,
         import_paths: Sequence[str | Path] = (),
         extra_env: Mapping[str, str] | None = None,
+        limits: SandboxLimits | None = None,
         python: str = sys.executable,
     ) -> None:
-        self._import_paths = [str(path) for path in import_paths]
-        self._env = minimal_environment() | dict(extra_env or {})
-        self._python = python
+        self.config = SandboxConfig(
+            limits=limits or SandboxLimits(),
+            import_paths=tuple(str(path) for path in import_paths),
+            extra_env=dict(extra_env or {}),
+            python=python,
+        )
 
     async def execute(self, job: ToolJob, *, timeout: float) -> JsonValue:
-        request = json.dumps(
-            {
-                "function": job.function_ref,
-                "input_model": job.input_model_ref,
-                "arguments": job.arguments,
-                "import_paths": self._import_paths,
-            }
-        ).encode()
-        process = await asyncio.create_subprocess_exec(
-            self._python,
-            "-I",
-            "-m",
-            WORKER_MODULE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,
+        process = await SandboxProcess.start(
+            limits=self.config.limits, env=self.config.env, python=self.config.python
         )
         try:
-            async with asyncio.timeout(timeout):
-                stdout, stderr = await process.communicate(request)
-        except TimeoutError:
-            raise ToolTimeout(timeout) from None
+            reply = await process.call(self.config.request(job), timeout)
         finally:
-            if process.returncode is None:
-                _kill_group(process.pid)
-                await process.wait()
-        return _parse_reply(job.tool, process.returncode, stdout, stderr)
+            await process.kill()  # its reply is in; killing is faster than waiting for exit
+        return result_of(job, reply, self.config.limits)
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL the child's process group (it is the group leader), grandchildren included."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-
-
-def _parse_reply(tool: str, returncode: int | None, stdout: bytes, stderr: bytes) -> JsonValue:
-    if returncode != 0:
-        raise ToolCrashed(f"{_exit_description(returncode)}{_stderr_tail(stderr)}")
-    if len(stdout) > MAX_REPLY_BYTES:
-        raise ToolError(f"{tool} returned {len(stdout)} bytes, more than {MAX_REPLY_BYTES}")
-    try:
-        reply = json.loads(stdout)
-        ok = reply["ok"]
-    except (ValueError, KeyError, TypeError):
-        raise ToolCrashed(
-            f"tool process exited without a valid reply{_stderr_tail(stderr)}"
-        ) from None
-    if ok:
+def result_of(job: ToolJob, reply: dict[str, Any], limits: SandboxLimits) -> JsonValue:
+    """The result a worker's reply carries, or the :class:`ToolError` it describes."""
+    if reply.get("ok") is True:
         result: JsonValue = reply.get("result")
         return result
     error_type, message = str(reply.get("error_type")), str(reply.get("message", ""))
-    if reply.get("stage") == "load":
-        raise ToolError(f"cannot load tool {tool}: {error_type}: {message}")
-    raise ToolRaised(error_type, message)
+    match reply.get("stage"), reply.get("limit"):
+        case "load", _:
+            raise ToolError(f"cannot load tool {job.tool}: {error_type}: {message}")
+        case "result", _:
+            raise ToolError(
+                f"{job.tool} returned a value that is not JSON: {error_type}: {message}"
+            )
+        case "limit", "memory":
+            raise ToolLimitExceeded(
+                f"{job.tool} ran out of memory: it exceeded its limit of "
+                f"{_mib(limits.memory_bytes)} ({error_type})"
+            )
+        case "limit", _:
+            raise ToolLimitExceeded(f"{job.tool} returned too large a result: {message}")
+        case _:
+            raise ToolRaised(error_type, message)
 
 
-def _exit_description(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"tool process crashed: killed by {name}"
-    return f"tool process crashed: exit code {returncode}"
-
-
-def _stderr_tail(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", errors="replace").strip()
-    if not text:
-        return ""
-    if len(text) > _STDERR_TAIL:
-        text = "…" + text[-_STDERR_TAIL:]
-    return f" (stderr: {text})"
+def _mib(size: int | None) -> str:
+    return "no limit" if size is None else f"{size / 1024**2:g} MiB"

@@ -48,6 +48,8 @@ class StopReason(StrEnum):
     """The planner gave its final answer (for a plan: every step ran)."""
     TOOL_FAILED = "tool_failed"
     PLAN_INVALID = "plan_invalid"
+    LLM_FAILED = "llm_failed"
+    """The language model could not be asked or gave no usable reply (after bounded retries)."""
     MAX_STEPS = "max_steps"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"

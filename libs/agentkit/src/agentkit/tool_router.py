@@ -23,9 +23,13 @@ class ToolRouter:
         self._local = local
         self._remote = remote
 
-    def list_tools(self) -> Sequence[ToolSpec]:
-        remote = self._remote.list_tools() if self._remote is not None else ()
-        return [*self._local.list_tools(), *remote]
+    async def list_tools(self) -> Sequence[ToolSpec]:
+        local = await self._local.list_tools()
+        remote = await self._remote.list_tools() if self._remote is not None else ()
+        return [
+            *local,
+            *(spec for spec in remote if spec.name.split(".")[0] not in self._local.namespaces),
+        ]
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:

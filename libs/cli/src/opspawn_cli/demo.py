@@ -59,8 +59,9 @@ async def wait_terminal(
         await asyncio.sleep(0.05)
 
 
-async def run_demo(rest_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=rest_url, timeout=10) as http:
+async def run_demo(rest_url: str, *, api_key: str | None = None) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=rest_url, timeout=10, headers=headers) as http:
         response = await http.post("/v1/tasks", json=DEMO_TASK)
         response.raise_for_status()
         return await wait_terminal(http, response.json()["task_id"])

@@ -1,4 +1,5 @@
-"""``opspawn``: bring the system up, submit and inspect tasks, migrate the read model.
+"""``opspawn``: bring the system up, submit and inspect tasks, migrate the read model; operate it
+(replay and verify the read model, time-travel, export and tail events, dead letters, status).
 
 Every command reads ``OPSPAWN_*`` variables (see the README); flags override them where given.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from opspawn_cli import apikeys, operations
 from opspawn_cli.demo import curl_submit, grpcurl_submit, run_demo, wait_terminal
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem, StartupError
@@ -33,12 +35,12 @@ async def _up(settings: CliSettings, args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     print("opspawn: starting…", flush=True)
-    async with LocalSystem(settings, echo=echo) as system:
+    async with LocalSystem(settings, echo=echo, auth=args.auth) as system:
         print("\nopspawn is up", *(f"  {note}" for note in system.notes), sep="\n")
         print(f"  REST  {system.rest_url}  (OpenAPI: {system.rest_url}/schema/openapi.json)")
         print(f"  gRPC  {system.grpc_target}  (reflection on)")
         if args.demo:
-            task = await run_demo(system.rest_url)
+            task = await run_demo(system.rest_url, api_key=system.api_key)
             print(f"\ndemo task {task['task_id']} {task['status']}:")
             _print_json(task)
         examples = [
@@ -61,7 +63,9 @@ async def _submit(settings: CliSettings, args: argparse.Namespace) -> int:
         input_data["goal"] = args.goal
     if args.plan:
         input_data["plan"] = json.loads(args.plan)
-    async with httpx.AsyncClient(base_url=settings.rest_url, timeout=10) as http:
+    async with httpx.AsyncClient(
+        base_url=settings.rest_url, timeout=10, headers=settings.auth_headers
+    ) as http:
         response = await http.post(
             "/v1/tasks", json={"task_type": args.task_type, "input_data": input_data}
         )
@@ -76,7 +80,9 @@ async def _submit(settings: CliSettings, args: argparse.Namespace) -> int:
 
 
 async def _get(settings: CliSettings, path: str) -> int:
-    async with httpx.AsyncClient(base_url=settings.rest_url, timeout=10) as http:
+    async with httpx.AsyncClient(
+        base_url=settings.rest_url, timeout=10, headers=settings.auth_headers
+    ) as http:
         response = await http.get(path)
     if response.status_code >= 400:
         print(f"error {response.status_code}: {response.text}", file=sys.stderr)
@@ -102,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", dest="demo", action="store_false", help="skip the demo task")
     up.add_argument("--quiet", action="store_true", help="do not echo service logs")
     up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo task")
+    up.add_argument(
+        "--auth",
+        action="store_true",
+        help="require API keys (one is issued for tenant 'default'); off by default in up",
+    )
 
     submit = commands.add_parser("submit", help="submit a task to the gateway")
     submit.add_argument("--task-type", default="agent_run")
@@ -119,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status")
     listing.add_argument("--limit", type=int, default=20)
     commands.add_parser("migrate", help="bring OPSPAWN_DATABASE_URL to the newest schema")
+    apikeys.add_parser(commands)
+    operations.add_parsers(commands)
     return parser
 
 
@@ -143,6 +156,13 @@ def main(argv: list[str] | None = None) -> None:
                 code = asyncio.run(_get(settings, f"/v1/tasks{query}"))
             case "migrate":
                 code = asyncio.run(_migrate(settings))
+            case "apikey":
+                code = asyncio.run(apikeys.run(settings, args))
+            case command if command in operations.COMMANDS:
+                try:
+                    code = asyncio.run(operations.run(settings, args))
+                except KeyboardInterrupt:
+                    code = 0
             case _:
                 code = 2
     except StartupError as error:

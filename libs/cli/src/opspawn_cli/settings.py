@@ -32,6 +32,8 @@ class CliSettings(BaseSettings):
     runners: int = Field(default=2, ge=1, le=64)
     gateway_url: str | None = None
     """Where ``submit``/``get``/``events`` send requests; default: the local ``up`` gateway."""
+    api_key: str | None = None
+    """The API key ``submit``/``get``/``events``/``list`` send (``Authorization: Bearer``)."""
     log_level: str = "INFO"
 
     @field_validator("subject_prefix")
@@ -42,6 +44,10 @@ class CliSettings(BaseSettings):
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.subject_prefix)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def rest_url(self) -> str:

@@ -120,8 +120,8 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             if self._stopping.is_set():
                 return
-            child.restarts += 1
             await self._spawn(child)
+            child.restarts += 1
             log.warning("%s restarted (restart #%d)", child.spec.name, child.restarts)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 

@@ -17,7 +17,7 @@ import contextlib
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -26,8 +26,12 @@ import nats
 from nats.js.errors import NotFoundError
 
 from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_cli.endpoints import write_endpoints
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.supervisor import ServiceSpec, Supervisor
+from opspawn_contracts.events import DEFAULT_TENANT
+from opspawn_readmodel.api_keys import ApiKeyStore
+from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -51,6 +55,14 @@ def demo_mcp_config(data_dir: Path) -> Path:
     return path
 
 
+async def issue_api_key(database_url: str, tenant: str, *, name: str) -> str:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        return (await ApiKeyStore(engine).create(tenant, name=name)).key
+    finally:
+        await engine.dispose()
+
+
 def _require_free(host: str, port: int, variable: str) -> None:
     with socket.socket() as probe:
         try:
@@ -62,8 +74,26 @@ def _require_free(host: str, port: int, variable: str) -> None:
 
 
 class LocalSystem:
-    def __init__(self, settings: CliSettings, *, echo: Callable[[str], None] | None = None) -> None:
+    """``auth=False`` (what ``opspawn up`` does unless told ``--auth``) starts the gateway with
+    its development setting ``OPSPAWN_DEV_DISABLE_AUTH`` and says so in :attr:`notes`;
+    ``auth=True`` keeps API keys required and issues one for tenant ``default``
+    (:attr:`api_key`)."""
+
+    def __init__(
+        self,
+        settings: CliSettings,
+        *,
+        echo: Callable[[str], None] | None = None,
+        auth: bool = False,
+        service_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``service_env``: further ``OPSPAWN_*`` variables for every service (tests shorten
+        timings with it)."""
         self.settings = settings
+        self._service_env = dict(service_env or {})
+        self._endpoints: Path | None = None
+        self.auth = auth
+        self.api_key: str | None = None
         self._echo = echo
         self._data_dir = settings.data_dir.resolve()
         self._nats: EmbeddedNats | None = None
@@ -118,6 +148,14 @@ class LocalSystem:
             self.database_url = self._postgres.url()
             self.notes.append(f"embedded PostgreSQL 16 (data {self._postgres.data_dir})")
         await migrate(self.database_url)
+        if self.auth:
+            self.api_key = await issue_api_key(self.database_url, DEFAULT_TENANT, name="opspawn up")
+            self.notes.append(f"API key for tenant '{DEFAULT_TENANT}': {self.api_key}")
+        else:
+            self.notes.append(
+                "authentication OFF (development: OPSPAWN_DEV_DISABLE_AUTH=1, every client is "
+                f"tenant '{DEFAULT_TENANT}'); `opspawn up --auth` requires API keys"
+            )
         mcp_config = settings.mcp_config or demo_mcp_config(self._data_dir)
         self.notes.append(f"MCP servers from {mcp_config}")
         base_env = {
@@ -130,6 +168,8 @@ class LocalSystem:
             "OPSPAWN_GRPC_HOST": settings.grpc_host,
             "OPSPAWN_GRPC_PORT": str(settings.grpc_port),
             "OPSPAWN_LOG_LEVEL": settings.log_level,
+            "OPSPAWN_DEV_DISABLE_AUTH": "false" if self.auth else "true",
+            **self._service_env,
         }
         services = [
             ServiceSpec("scheduler", "scheduler"),
@@ -145,6 +185,9 @@ class LocalSystem:
         self.supervisor = Supervisor(services, base_env=base_env, log_dir=logs, echo=self._echo)
         await self.supervisor.start()
         await self.wait_ready()
+        self._endpoints = write_endpoints(
+            self._data_dir, nats_url=self.nats_url, database_url=self.database_url
+        )
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
@@ -186,6 +229,9 @@ class LocalSystem:
             await client.close()
 
     async def stop(self) -> None:
+        if self._endpoints is not None:
+            self._endpoints.unlink(missing_ok=True)
+            self._endpoints = None
         if self.supervisor is not None:
             await self.supervisor.stop()
             self.supervisor = None

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
-from opspawn_contracts.events import utc_now
+from opspawn_contracts.events import DEFAULT_TENANT, TaskOptions, utc_now
 
 
 class _Command(BaseModel):
@@ -27,13 +27,30 @@ class _Command(BaseModel):
 
 
 class SubmitTask(_Command):
+    """Submit a task. With an ``idempotency_key`` the gateway derives ``task_id`` from (tenant,
+    key) and ``command_id`` from (task id, ``request_hash``): retries of one request are one
+    message, and a reused key with another body is a second command for the same task, which the
+    scheduler refuses because the task already has its TaskSubmitted."""
+
     command_type: Literal["submit"] = "submit"
     task_type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     input_data: dict[str, JsonValue]
+    tenant: str = DEFAULT_TENANT
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    options: TaskOptions = Field(default_factory=TaskOptions)
 
 
-Command = Annotated[SubmitTask, Field(discriminator="command_type")]
-"""Any command; a union as soon as there is more than one (cancel comes next)."""
+class CancelTask(_Command):
+    """Stop a pending or running task; the scheduler records TaskCancelled, or nothing if the
+    task has already finished."""
+
+    command_type: Literal["cancel"] = "cancel"
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+Command = Annotated[SubmitTask | CancelTask, Field(discriminator="command_type")]
+"""Any command."""
 
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 

@@ -12,15 +12,31 @@ this event.
 
 Runner-produced events carry the ``attempt`` that produced them, a fencing token: the scheduler
 uses it to tell a superseded attempt's events from the current one's.
+
+``schema_version`` is the version of the event type's stored shape: :func:`decode_event` upcasts
+older versions through :mod:`opspawn_contracts.upcasting` and refuses versions it cannot read.
 """
 
 from __future__ import annotations
 
+import json
+import typing
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from opspawn_contracts.upcasting import UPCASTERS, Upcasters
 
 
 def utc_now() -> datetime:
@@ -45,14 +61,50 @@ class _Envelope(BaseModel):
 # --- payloads ------------------------------------------------------------------------------
 
 
+DEFAULT_TENANT = "default"
+"""The tenant of tasks submitted without authentication (development mode, old events)."""
+
+MAX_TASK_TIMEOUT_SECONDS = 7 * 24 * 3600
+ALLOWED_TOOL_PATTERN = r"^[A-Za-z0-9_-]+\.(\*|[A-Za-z0-9_./-]+)$"
+"""A tool name (``math.add``) or every tool of a namespace (``time.*``)."""
+MAX_TASK_ATTEMPTS = 100
+
+
+class TaskOptions(_Data):
+    """Per-task settings a client may choose at submission; ``None`` means the system default.
+
+    ``allowed_tools`` entries are tool names (``math.add``) or a whole namespace (``time.*``);
+    ``None`` allows every tool, so an empty list is not a valid value.
+    """
+
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TASK_TIMEOUT_SECONDS)
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_TASK_ATTEMPTS)
+    allowed_tools: list[Annotated[str, StringConstraints(pattern=ALLOWED_TOOL_PATTERN)]] | None = (
+        Field(default=None, min_length=1)
+    )
+
+
 class TaskSubmittedData(_Data):
     task_type: str
     input_data: dict[str, JsonValue]
+    tenant: str = DEFAULT_TENANT
+    """Who owns the task: the tenant of the API key that submitted it."""
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    """Digest of the submitted request, so a reused idempotency key with another body is told
+    apart from a retry of the same request."""
+    options: TaskOptions = Field(default_factory=TaskOptions)
 
 
 class TaskStartedData(_Data):
     attempt: int = Field(ge=1)
     runner_id: str
+    supersedes_attempt: int | None = Field(
+        default=None, ge=1, exclude_if=lambda value: value is None
+    )
+    """Set when a runner takes over a task whose work came back to the queue (its previous
+    runner stopped heart-beating or gave it back): the attempt this one fences off. Left out of
+    the stored event when unset."""
 
 
 class AgentStepCompletedData(_Data):
@@ -101,6 +153,36 @@ class TaskCancelledData(_Data):
     reason: str | None = None
 
 
+class TaskAttemptFailedData(_Data):
+    """An attempt failed in a way another attempt might not; the scheduler decides what next
+    (TaskRetryScheduled, or TaskFailed once the task's attempts are used up)."""
+
+    attempt: int = Field(ge=1)
+    error_message: str
+    output_data: dict[str, JsonValue] | None = None
+
+
+class TaskRetryScheduledData(_Data):
+    """The scheduler's decision to run the task again: ``attempt`` is the attempt to come."""
+
+    attempt: int = Field(ge=2)
+    reason: str
+    """Why the previous attempt is being retried (its error)."""
+    delay_seconds: float = Field(ge=0)
+    """The backoff chosen (exponential in the attempt number, with jitter)."""
+    not_before: datetime
+    """When the next attempt is queued."""
+
+
+class TaskTimedOutData(_Data):
+    """The task's deadline passed before it finished; the task is failed."""
+
+    attempt: int = Field(ge=0)
+    """The attempt running (or last run) when the deadline passed; 0 if none had started."""
+    timeout_seconds: float = Field(gt=0)
+    reason: str
+
+
 # --- events --------------------------------------------------------------------------------
 
 
@@ -144,6 +226,21 @@ class TaskCancelled(_Envelope):
     data: TaskCancelledData
 
 
+class TaskAttemptFailed(_Envelope):
+    event_type: Literal["TaskAttemptFailed"] = "TaskAttemptFailed"
+    data: TaskAttemptFailedData
+
+
+class TaskRetryScheduled(_Envelope):
+    event_type: Literal["TaskRetryScheduled"] = "TaskRetryScheduled"
+    data: TaskRetryScheduledData
+
+
+class TaskTimedOut(_Envelope):
+    event_type: Literal["TaskTimedOut"] = "TaskTimedOut"
+    data: TaskTimedOutData
+
+
 Event = Annotated[
     TaskSubmitted
     | TaskStarted
@@ -152,20 +249,76 @@ Event = Annotated[
     | ToolCallCompleted
     | TaskCompleted
     | TaskFailed
-    | TaskCancelled,
+    | TaskCancelled
+    | TaskAttemptFailed
+    | TaskRetryScheduled
+    | TaskTimedOut,
     Field(discriminator="event_type"),
 ]
 """Any task event; validate with :data:`event_adapter`."""
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
-TERMINAL_EVENT_TYPES: frozenset[str] = frozenset({"TaskCompleted", "TaskFailed", "TaskCancelled"})
+TERMINAL_EVENT_TYPES: frozenset[str] = frozenset(
+    {"TaskCompleted", "TaskFailed", "TaskCancelled", "TaskTimedOut"}
+)
+
+CURRENT_SCHEMA_VERSIONS: dict[str, int] = {
+    member.model_fields["event_type"].default: member.model_fields["schema_version"].default
+    for member in typing.get_args(typing.get_args(Event)[0])
+}
+"""The schema version each event type is written in today; older ones are upcast on read."""
 
 
 def encode_event(event: Event) -> bytes:
     return event.model_dump_json().encode()
 
 
-def decode_event(payload: bytes) -> Event:
-    """Parse and validate an event; raises :class:`pydantic.ValidationError` on bad input."""
-    return event_adapter.validate_json(payload)
+def decode_event(payload: bytes, *, upcasters: Upcasters = UPCASTERS) -> Event:
+    """Parse and validate an event, upcasting an older schema version to the current one.
+
+    Raises :class:`pydantic.ValidationError` on bad input, including a schema version this code
+    cannot read (newer than it knows, or older with no upcaster registered).
+    """
+    try:
+        event = event_adapter.validate_json(payload)
+    except ValidationError:
+        stored = _json_object(payload)
+        if stored is None or not upcasters.applies_to(stored, CURRENT_SCHEMA_VERSIONS):
+            raise
+    else:
+        if event.schema_version == CURRENT_SCHEMA_VERSIONS[event.event_type]:
+            return event
+        stored = _json_object(payload)
+        assert stored is not None  # it validated as an event, so it is a JSON object
+    event = event_adapter.validate_python(upcasters.upcast(stored, CURRENT_SCHEMA_VERSIONS))
+    current = CURRENT_SCHEMA_VERSIONS[event.event_type]
+    if event.schema_version != current:
+        raise ValidationError.from_exception_data(
+            "Event",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "schema_version",
+                        "{event_type} schema version {version} cannot be read: this code reads "
+                        "version {current} and upcasts older versions it has upcasters for",
+                        {
+                            "event_type": event.event_type,
+                            "version": event.schema_version,
+                            "current": current,
+                        },
+                    ),
+                    loc=("schema_version",),
+                    input=event.schema_version,
+                )
+            ],
+        )
+    return event
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -26,6 +26,8 @@ from opspawn_contracts.subjects import Subjects
 
 DUPLICATE_WINDOW = timedelta(minutes=2)
 MAX_MESSAGE_BYTES = 1024 * 1024
+DEAD_LETTER_OVERHEAD_BYTES = 64 * 1024
+"""Room for the headers a dead letter adds to the message it keeps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class StreamSettings:
 
     replicas: int = 1
     commands_max_age: timedelta = timedelta(days=7)
+    dead_letters_max_age: timedelta = timedelta(days=30)
 
 
 def stream_configs(
@@ -75,6 +78,18 @@ def stream_configs(
             max_msg_size=MAX_MESSAGE_BYTES,
             num_replicas=settings.replicas,
         ),
+        StreamConfig(
+            name=subjects.dead_letters_stream,
+            description="Messages no service could handle, with the reason; listed and re-driven "
+            "with `opspawn deadletters`.",
+            subjects=[subjects.all_dead_letters],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=settings.dead_letters_max_age.total_seconds(),
+            max_msg_size=MAX_MESSAGE_BYTES + DEAD_LETTER_OVERHEAD_BYTES,
+            num_replicas=settings.replicas,
+        ),
     ]
 
 
@@ -86,6 +101,24 @@ def scheduler_commands_consumer(subjects: Subjects) -> ConsumerConfig:
         ack_wait=30,
         max_deliver=5,
         filter_subject=subjects.all_commands,
+    )
+
+
+def scheduler_decisions_consumer(subjects: Subjects) -> ConsumerConfig:
+    """The events the scheduler turns into decisions: a failed attempt (retry or give up) and a
+    scheduled retry (queue its attempt when due). A message waiting for its time is nak'ed with
+    that delay, so deliveries are unlimited; handling failures are bounded by the scheduler."""
+    return ConsumerConfig(
+        durable_name=subjects.scheduler_decisions_consumer,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=-1,
+        max_ack_pending=10_000,
+        filter_subjects=[
+            subjects.events_of_type("TaskAttemptFailed"),
+            subjects.events_of_type("TaskRetryScheduled"),
+        ],
     )
 
 

@@ -12,6 +12,7 @@ stream                 subjects                                        retention
 ``S_EVENTS``           ``P.events.task.<task_id>.<EventType>``         limits (source of truth)
 ``S_COMMANDS``         ``P.commands.task.<command>``                   limits
 ``S_WORK``             ``P.work.<task_type>``                          work queue
+``S_DEAD_LETTERS``     ``P.deadletters.<source>``                      limits
 =====================  ==============================================  =========================
 
 Request/reply subjects (``P.rpc.…``) are deliberately outside every stream: a core request to a
@@ -74,6 +75,10 @@ class Subjects:
         """Wildcard for one task's history; also the scope of its optimistic concurrency."""
         return f"{self.prefix}.events.task.{task_id}.*"
 
+    def events_of_type(self, event_type: str) -> str:
+        """Wildcard for every task's events of one type."""
+        return f"{self.prefix}.events.task.*.{validate_token('event type', event_type)}"
+
     def task_id_of(self, event_subject: str) -> UUID:
         """The task id encoded in an event subject."""
         return UUID(event_subject.split(".")[3])
@@ -102,14 +107,40 @@ class Subjects:
     def work(self, task_type: str) -> str:
         return f"{self.prefix}.work.{validate_token('task type', task_type)}"
 
+    # --- dead letters: messages no service could handle ----------------------------------
+    @property
+    def dead_letters_stream(self) -> str:
+        return f"{self._stream_stem}_DEAD_LETTERS"
+
+    @property
+    def all_dead_letters(self) -> str:
+        return f"{self.prefix}.deadletters.>"
+
+    def dead_letter(self, source: str) -> str:
+        """Where messages given up on from ``source`` (``commands``, ``events``, ``work``) go."""
+        return f"{self.prefix}.deadletters.{validate_token('dead letter source', source)}"
+
     # --- durable consumers ---------------------------------------------------------------
     @property
     def scheduler_commands_consumer(self) -> str:
         return "scheduler-commands"
 
     @property
+    def scheduler_decisions_consumer(self) -> str:
+        """The scheduler's consumer of the events it decides on (failed attempts, retries)."""
+        return "scheduler-decisions"
+
+    @property
     def runner_work_consumer(self) -> str:
         return "agent-runner"
+
+    @property
+    def work_max_deliveries_advisory(self) -> str:
+        """JetStream's notice that a work item reached the runners' ``max_deliver``."""
+        return (
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{self.work_stream}.{self.runner_work_consumer}"
+        )
 
     # --- request/reply (never captured by a stream) --------------------------------------
     @property
@@ -127,6 +158,11 @@ class Subjects:
     @property
     def mcp_status(self) -> str:
         return f"{self.prefix}.rpc.mcp.status"
+
+    @property
+    def scheduler_status(self) -> str:
+        """The scheduler's status: projection position and lag, decisions, dead letters."""
+        return f"{self.prefix}.rpc.scheduler.status"
 
     @property
     def mcp_proxy_queue_group(self) -> str:

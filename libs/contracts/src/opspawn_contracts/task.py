@@ -2,25 +2,35 @@
 
 Live projection and replay call the same :func:`evolve`, so a rebuilt read model cannot drift from
 the live one by construction.
+
+The attempt number is a fencing token. ``TaskView.attempt`` is the newest attempt started or
+scheduled; an event a runner wrote for an older attempt (a runner presumed dead that was only
+slow) is *superseded*: :func:`is_superseded` says so, the projection records it as such, and
+:func:`evolve` leaves the state as it was.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import assert_never
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from opspawn_contracts.events import (
+    DEFAULT_TENANT,
     AgentStepCompleted,
     Event,
+    TaskAttemptFailed,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskOptions,
+    TaskRetryScheduled,
     TaskStarted,
     TaskSubmitted,
+    TaskTimedOut,
     ToolCallCompleted,
     ToolCallRequested,
 )
@@ -51,17 +61,57 @@ class TaskView(BaseModel):
     error_message: str | None = None
     created_at: datetime
     updated_at: datetime
+    tenant: str = DEFAULT_TENANT
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    options: TaskOptions = Field(default_factory=TaskOptions)
+    attempt: int = 0
+    """The newest attempt started or scheduled (0 before the first start): the fencing token."""
+    deadline_at: datetime | None = None
+    """Submission time plus ``options.timeout_seconds``: past it the task times out."""
+    retry_at: datetime | None = None
+    """While a retry is scheduled and not yet started: when its attempt is queued."""
+
+
+_FENCED_EVENT_TYPES = frozenset(
+    {
+        "TaskStarted",
+        "AgentStepCompleted",
+        "ToolCallRequested",
+        "ToolCallCompleted",
+        "TaskCompleted",
+        "TaskAttemptFailed",
+        "TaskFailed",
+    }
+)
+"""Events a runner writes for an attempt (TaskFailed with attempt 0 comes from no attempt)."""
+
+
+def runner_attempt(event: Event) -> int | None:
+    """The attempt a runner wrote ``event`` for; ``None`` for events no attempt fences."""
+    if event.event_type not in _FENCED_EVENT_TYPES:
+        return None
+    attempt: int = getattr(event.data, "attempt", 0)
+    return attempt or None
+
+
+def is_superseded(state: TaskView | None, event: Event) -> bool:
+    """Whether ``event`` comes from an attempt older than the task's current one."""
+    attempt = runner_attempt(event)
+    return state is not None and attempt is not None and attempt < state.attempt
 
 
 def evolve(state: TaskView | None, event: Event) -> TaskView | None:
     """Apply one event to a task's state; ``None`` is the state before TaskSubmitted.
 
-    Events that arrive for a task that was never submitted, or after it finished, leave the state
-    as it is: history is immutable, and a late event from a slow runner must not reopen a task.
+    Events that arrive for a task that was never submitted, or after it finished, or from a
+    superseded attempt leave the state as it is: history is immutable, and a late event from a
+    slow runner must not reopen a task or overwrite what a newer attempt did.
     """
     if isinstance(event, TaskSubmitted):
         if state is not None:
             return state
+        timeout = event.data.options.timeout_seconds
         return TaskView(
             task_id=event.task_id,
             task_type=event.data.task_type,
@@ -69,13 +119,23 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
             input_data=event.data.input_data,
             created_at=event.occurred_at,
             updated_at=event.occurred_at,
+            tenant=event.data.tenant,
+            idempotency_key=event.data.idempotency_key,
+            request_hash=event.data.request_hash,
+            options=event.data.options,
+            deadline_at=None if timeout is None else event.occurred_at + timedelta(seconds=timeout),
         )
-    if state is None or state.status.is_terminal:
+    if state is None or state.status.is_terminal or is_superseded(state, event):
         return state
     match event:
         case TaskStarted():
             return state.model_copy(
-                update={"status": TaskStatus.RUNNING, "updated_at": event.occurred_at}
+                update={
+                    "status": TaskStatus.RUNNING,
+                    "attempt": event.data.attempt,
+                    "retry_at": None,
+                    "updated_at": event.occurred_at,
+                }
             )
         case AgentStepCompleted() | ToolCallRequested() | ToolCallCompleted():
             return state.model_copy(update={"updated_at": event.occurred_at})
@@ -84,6 +144,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                 update={
                     "status": TaskStatus.COMPLETED,
                     "output_data": event.data.output_data,
+                    "error_message": None,
                     "updated_at": event.occurred_at,
                 }
             )
@@ -93,6 +154,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                     "status": TaskStatus.FAILED,
                     "error_message": event.data.error_message,
                     "output_data": event.data.output_data,
+                    "retry_at": None,
                     "updated_at": event.occurred_at,
                 }
             )
@@ -101,6 +163,30 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                 update={
                     "status": TaskStatus.CANCELLED,
                     "error_message": event.data.reason,
+                    "retry_at": None,
+                    "updated_at": event.occurred_at,
+                }
+            )
+        case TaskAttemptFailed():
+            return state.model_copy(
+                update={"error_message": event.data.error_message, "updated_at": event.occurred_at}
+            )
+        case TaskRetryScheduled():
+            return state.model_copy(
+                update={
+                    "status": TaskStatus.PENDING,
+                    "attempt": max(state.attempt, event.data.attempt),
+                    "retry_at": event.data.not_before,
+                    "error_message": event.data.reason,
+                    "updated_at": event.occurred_at,
+                }
+            )
+        case TaskTimedOut():
+            return state.model_copy(
+                update={
+                    "status": TaskStatus.FAILED,
+                    "error_message": event.data.reason,
+                    "retry_at": None,
                     "updated_at": event.occurred_at,
                 }
             )

@@ -72,14 +72,32 @@ class CallToolReply(_Message):
     error: ToolError | None = None
 
 
+class McpServerState(StrEnum):
+    """Where a server's connection is in its life (``McpServerStatus.state``)."""
+
+    CONNECTING = "connecting"
+    """Starting (at boot, or a restart attempt under way)."""
+    CONNECTED = "connected"
+    WAITING_TO_RESTART = "waiting_to_restart"
+    """The last session ended or failed; the next attempt comes after a backoff delay."""
+    STOPPED = "stopped"
+    """The proxy is shutting down."""
+
+
 class McpServerStatus(_Message):
     server: str
     transport: str
     connected: bool
     tools: int = 0
-    """How many tools the server listed (0 while not connected)."""
+    """How many of the server's tools the proxy offers (after the configuration's tool filter;
+    0 while not connected)."""
     error: str | None = None
     """Why the server is not connected, when it is not."""
+    state: McpServerState | None = None
+    """``None`` from a proxy older than this field."""
+    restarts: int = 0
+    """Connection attempts since the first one (each crash, health-check failure or failed start
+    leads to one)."""
 
 
 class McpStatusReply(_Message):

@@ -6,9 +6,12 @@ and the ``attempt`` it is for, which the runner stamps on every event it emits (
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from opspawn_contracts.events import TaskOptions
 
 
 class TaskAssignment(BaseModel):
@@ -22,6 +25,11 @@ class TaskAssignment(BaseModel):
     correlation_id: UUID
     causation_id: UUID
     """The event (TaskSubmitted, later TaskRetryScheduled) that made the task runnable."""
+    options: TaskOptions = Field(default_factory=TaskOptions)
+    """The client's per-task settings (deadline, attempts, allowed tools) from TaskSubmitted;
+    the scheduler fills in its default ``max_attempts`` where the client chose none."""
+    deadline_at: datetime | None = None
+    """When the task times out (submission plus ``options.timeout_seconds``), if ever."""
 
     def msg_id(self) -> str:
         """Dedup key: one work item per task attempt."""

@@ -45,6 +45,10 @@ def _task_view(row: Row[Any]) -> TaskView:
         error_message=row.error_message,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        tenant=row.tenant,
+        idempotency_key=row.idempotency_key,
+        request_hash=row.request_hash,
+        options=row.options,
     )
 
 

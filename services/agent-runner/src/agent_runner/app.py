@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,14 +17,16 @@ from dataclasses import dataclass
 from nats.js.api import ConsumerConfig
 
 from agent_runner.execution import TaskExecution
+from agent_runner.planner_selection import PlannerSelection, chat_model
 from agent_runner.settings import RunnerSettings
 from agent_runner.work_consumer import WorkConsumer
-from agentkit import LocalTools, McpProxyTools, ToolRouter, builtin_registry
+from agentkit import LocalTools, McpProxyTools, ToolAllowlist, ToolRouter, builtin_registry
+from opspawn_contracts.dead_letters import DeadLetters
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.nats_connection import connect
 from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
-from opspawn_contracts.streams import ensure_streams
+from opspawn_contracts.streams import ensure_streams, runner_work_consumer
 
 SERVICE_NAME = "agent-runner"
 
@@ -65,11 +68,17 @@ async def running(
                 client, settings.subjects, default_timeout=settings.mcp_request_timeout_seconds
             ),
         )
+        model = chat_model(settings)
+        if model is not None:
+            resources.push_async_callback(model.aclose)
+            logger.info("tasks with a goal go to model %s at %s", model.model, model.url)
         execution = TaskExecution(
             EventLog(js, settings.subjects),
             tools,
             runner_id=settings.runner_id,
             max_steps=settings.max_steps,
+            security=ToolAllowlist(settings.tool_allowlist),
+            planners=PlannerSelection(model),
         )
         consumer = WorkConsumer(
             js,
@@ -77,7 +86,14 @@ async def running(
             execution,
             max_concurrent=settings.max_concurrent_tasks,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
-            consumer_config=consumer_config,
+            consumer_config=consumer_config
+            or dataclasses.replace(
+                runner_work_consumer(settings.subjects), ack_wait=settings.work_ack_wait_seconds
+            ),
+            client=client,
+            dead_letters=DeadLetters(
+                js, settings.subjects, service=f"{SERVICE_NAME} {settings.runner_id}"
+            ),
         )
         await consumer.start()
         stop = asyncio.Event()

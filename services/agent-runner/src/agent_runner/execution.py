@@ -2,63 +2,77 @@
 
 For an assignment the runner appends ``TaskStarted``, then for each agent step record the matching
 event (``ToolCallRequested``, ``ToolCallCompleted``, ``AgentStepCompleted``), then ``TaskCompleted``
-with the output or ``TaskFailed`` with the error and the partial output. All carry the assignment's
-``attempt`` and form one causation chain (see :mod:`agent_runner.event_chain`).
+with the output or ``TaskFailed`` with the error and the partial output. All carry the attempt and
+form one causation chain, fenced by the attempt number (see :mod:`agent_runner.event_chain`).
+
+Which attempt runs is decided from the task's history first (:mod:`agent_runner.attempts`): a
+redelivered item whose attempt had started is taken over as the next attempt; a finished task, a
+stale item or a copy of a running one is acknowledged without running.
+
+How a run ends, as an event: success is ``TaskCompleted``; a failure another attempt might not
+repeat (a tool or the model failed) with attempts left (``options.max_attempts``) is
+``TaskAttemptFailed``, after which the scheduler schedules the retry; any other failure is
+``TaskFailed``; the task's deadline passing is ``TaskTimedOut``. A run interrupted because the task
+was cancelled or timed out elsewhere writes nothing more; one interrupted by shutdown is given back.
 
 :meth:`TaskExecution.execute` answers what to do with the work message (a :class:`Disposition`);
 it acknowledges nothing itself, so the caller acks only after the terminal event is stored.
-Delivery is at least once: work released or retried after some events were stored runs again from
-its first step, under a new ``TaskStarted`` of the same attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from enum import Enum
 
 from nats.errors import Error as NatsError
 
-from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
+from agent_runner.attempts import NothingToRun, claim
+from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain, fold
+from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
+from agent_runner.planner_selection import PlannerSelection
 from agentkit import (
     Agent,
     AgentResult,
-    AllowAllTools,
     BoundedMemory,
     CallContext,
-    PlanPlanner,
     SecurityManager,
     StepFinished,
     StepRecord,
     StopReason,
+    ToolAllowlist,
     ToolCallFinished,
     ToolCallStarted,
     ToolManager,
 )
-from opspawn_contracts.event_log import EventLog
+from opspawn_contracts.deadlines import timed_out
+from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
 from opspawn_contracts.events import (
     AgentStepCompleted,
     AgentStepCompletedData,
-    TaskCancelled,
+    TaskAttemptFailed,
+    TaskAttemptFailedData,
     TaskCompleted,
     TaskCompletedData,
     TaskFailed,
     TaskFailedData,
     TaskStarted,
     TaskStartedData,
+    TaskTimedOut,
     ToolCallCompleted,
     ToolCallCompletedData,
     ToolCallRequested,
     ToolCallRequestedData,
+    utc_now,
 )
 from opspawn_contracts.work import TaskAssignment
 
 logger = logging.getLogger(__name__)
 
-NO_PLAN_MESSAGE = (
-    "input_data has no 'plan', and this runner has no LLM planner to make one: provide "
-    'input_data.plan, a list of steps such as {"tool": "math.add", "args": {"a": 2, "b": 3}}'
-)
+CLAIM_TRIES = 5
+RETRYABLE = frozenset({StopReason.TOOL_FAILED, StopReason.LLM_FAILED})
+"""Failures another attempt might not repeat; the rest (a bad plan, too many steps) would."""
 
 
 class Disposition(Enum):
@@ -87,40 +101,46 @@ class TaskExecution:
         runner_id: str,
         max_steps: int = 50,
         security: SecurityManager | None = None,
+        planners: PlannerSelection | None = None,
     ) -> None:
+        """``security`` defaults to allowing every tool a task's own ``allowed_tools`` allows;
+        ``planners`` to plans only (no language model)."""
         self._log = log
         self._tools = tools
         self._runner_id = runner_id
         self._max_steps = max_steps
-        self._security = security or AllowAllTools()
+        self._security = security or ToolAllowlist(["*"])
+        self._planners = planners or PlannerSelection()
 
     async def execute(
         self, assignment: TaskAssignment, *, release: asyncio.Event, redelivered: bool = False
     ) -> Disposition:
         """Run the assignment; setting ``release`` interrupts it (no terminal event is written).
 
-        ``redelivered`` (the message was delivered before) makes the runner look for a terminal
-        event of this attempt first: a runner that stored it but died before acking must not
-        make the task run twice.
+        ``redelivered`` (the message was delivered before) lets the runner take over an attempt
+        that started elsewhere (see :mod:`agent_runner.attempts`).
         """
-        task = f"task {assignment.task_id} attempt {assignment.attempt}"
+        task = f"task {assignment.task_id}"
         try:
-            if redelivered and await self._already_finished(assignment):
-                logger.info("%s: already finished, acknowledging the redelivery", task)
+            claimed = await self._claim(assignment, redelivered=redelivered)
+            if isinstance(claimed, NothingToRun):
+                logger.info("%s attempt %d: %s; acknowledging it", task, assignment.attempt,
+                            claimed.reason)  # fmt: skip
                 return Disposition.ACK
-            chain = EventChain(self._log, assignment)
-            await chain.append(
-                TaskStarted(
-                    **chain.envelope(),
-                    data=TaskStartedData(attempt=assignment.attempt, runner_id=self._runner_id),
-                )
-            )
+            chain, assignment = claimed
+            task = f"task {assignment.task_id} attempt {assignment.attempt}"
             result = await self._run_agent(assignment, chain, release)
             if result.stop_reason is StopReason.CANCELLED:
+                if await self._finished(assignment):
+                    logger.info("%s: stopped, the task was cancelled or timed out", task)
+                    return Disposition.ACK
                 logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
                 return Disposition.RELEASE
             await chain.append(_terminal_event(chain, assignment, result))
         except AttemptSuperseded as superseded:
+            if await self._finished(assignment):
+                logger.info("%s: the task finished elsewhere (%s)", task, superseded)
+                return Disposition.ACK
             logger.warning(
                 "%s: another writer took over the task (%s); leaving it", task, superseded
             )
@@ -131,29 +151,85 @@ class TaskExecution:
         logger.info("%s: %s", task, "completed" if result.ok else f"failed: {result.error_message}")
         return Disposition.ACK
 
+    async def _claim(
+        self, assignment: TaskAssignment, *, redelivered: bool
+    ) -> tuple[EventChain, TaskAssignment] | NothingToRun:
+        """Decide the attempt from fresh history and append its TaskStarted there."""
+        for _ in range(CLAIM_TRIES):
+            decision = claim(assignment, await self._history(assignment), redelivered=redelivered)
+            if isinstance(decision, NothingToRun):
+                return decision
+            claimed = assignment.model_copy(update={"attempt": decision.attempt})
+            chain = EventChain(self._log, claimed, after_sequence=decision.after_sequence)
+            started = TaskStarted(
+                **chain.envelope(),
+                data=TaskStartedData(
+                    attempt=decision.attempt,
+                    runner_id=self._runner_id,
+                    supersedes_attempt=decision.supersedes,
+                ),
+            )
+            try:
+                sequence = await self._log.append(started, expected_version=decision.after_sequence)
+            except ConcurrencyConflict:
+                continue
+            except NatsError as error:
+                raise EventAppendFailed(f"{type(error).__name__}: {error}") from error
+            if decision.supersedes is not None:
+                logger.warning(
+                    "task %s: taking over as attempt %d from attempt %d, whose runner stopped",
+                    assignment.task_id,
+                    decision.attempt,
+                    decision.supersedes,
+                )
+            chain.appended(started, sequence)
+            return chain, claimed
+        raise AttemptSuperseded(f"the history kept moving ({CLAIM_TRIES} tries to start)")
+
+    async def _history(self, assignment: TaskAssignment) -> list[StoredEvent]:
+        try:
+            return await self._log.task_history(assignment.task_id)
+        except NatsError as error:
+            raise EventAppendFailed(f"cannot read the task's history: {error}") from error
+
+    async def _finished(self, assignment: TaskAssignment) -> bool:
+        state = fold(await self._history(assignment))
+        return state is not None and state.status.is_terminal
+
     async def _run_agent(
         self, assignment: TaskAssignment, chain: EventChain, release: asyncio.Event
     ) -> AgentResult:
-        if "plan" not in assignment.input_data:
+        choice = self._planners.choose(assignment.input_data)
+        if isinstance(choice, str):
             return AgentResult(
                 ok=False,
                 stop_reason=StopReason.PLAN_INVALID,
                 output={"steps": []},
-                error_message=NO_PLAN_MESSAGE,
+                error_message=choice,
             )
 
         async def record(step: StepRecord) -> None:
             await chain.append(_step_event(chain, assignment.attempt, step))
 
         agent = Agent(
-            PlanPlanner(), self._tools, self._security, BoundedMemory(), max_steps=self._max_steps
+            choice.planner,
+            self._tools,
+            self._security,
+            BoundedMemory(),
+            max_steps=self._max_steps,
+            stop_on_tool_error=choice.stop_on_tool_error,
         )
+        allowed = assignment.options.allowed_tools
         try:
             return await agent.run(
                 assignment.input_data,
                 on_step=record,
                 cancel=release,
-                context=CallContext(task_id=assignment.task_id),
+                timeout_seconds=remaining_seconds(assignment.deadline_at),
+                context=CallContext(
+                    task_id=assignment.task_id,
+                    allowed_tools=tuple(allowed) if allowed is not None else None,
+                ),
             )
         except (AttemptSuperseded, EventAppendFailed):
             raise
@@ -166,21 +242,6 @@ class TaskExecution:
                 output={"steps": []},
                 error_message=f"internal error in the runner: {type(error).__name__}: {error}",
             )
-
-    async def _already_finished(self, assignment: TaskAssignment) -> bool:
-        try:
-            history = await self._log.task_history(assignment.task_id)
-        except NatsError as error:
-            raise EventAppendFailed(f"cannot read the task's history: {error}") from error
-        for stored in history:
-            event = stored.event
-            if isinstance(event, TaskCancelled):
-                return True
-            if isinstance(event, TaskCompleted | TaskFailed) and (
-                event.data.attempt == assignment.attempt
-            ):
-                return True
-        return False
 
 
 def _step_event(
@@ -226,17 +287,39 @@ def _step_event(
 
 def _terminal_event(
     chain: EventChain, assignment: TaskAssignment, result: AgentResult
-) -> TaskCompleted | TaskFailed:
+) -> TaskCompleted | TaskFailed | TaskAttemptFailed | TaskTimedOut:
     if result.ok:
         return TaskCompleted(
             **chain.envelope(),
             data=TaskCompletedData(attempt=assignment.attempt, output_data=result.output),
         )
+    message = result.error_message or "the agent run failed"
+    if result.stop_reason is StopReason.DEADLINE and assignment.options.timeout_seconds:
+        return timed_out(
+            assignment.task_id,
+            attempt=assignment.attempt,
+            timeout_seconds=assignment.options.timeout_seconds,
+            correlation_id=assignment.correlation_id,
+            causation_id=chain.previous_id,
+        )
+    max_attempts = assignment.options.max_attempts or 1
+    if result.stop_reason in RETRYABLE and assignment.attempt < max_attempts:
+        return TaskAttemptFailed(
+            **chain.envelope(),
+            data=TaskAttemptFailedData(
+                attempt=assignment.attempt, error_message=message, output_data=result.output
+            ),
+        )
     return TaskFailed(
         **chain.envelope(),
         data=TaskFailedData(
-            attempt=assignment.attempt,
-            error_message=result.error_message or "the agent run failed",
-            output_data=result.output,
+            attempt=assignment.attempt, error_message=message, output_data=result.output
         ),
     )
+
+
+def remaining_seconds(deadline_at: datetime | None) -> float | None:
+    """Seconds until ``deadline_at`` (0 once past), or ``None`` without a deadline."""
+    if deadline_at is None:
+        return None
+    return max(0.0, (deadline_at - utc_now()).total_seconds())

@@ -2,6 +2,10 @@
 
 Every runner process is identical; scale by starting more copies (they share one durable work
 consumer). ``OPSPAWN_RUNNER_ID`` names a copy in its events (``TaskStarted.runner_id``) and logs.
+
+A language model is used when ``OPSPAWN_LLM_BASE_URL`` and ``OPSPAWN_LLM_MODEL`` are both set
+(``OPSPAWN_LLM_API_KEY`` too, for servers that need one): a task with a ``goal`` and no ``plan`` is
+then run by the LLM planner (see :mod:`agent_runner.planner_selection`).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from opspawn_contracts.settings import ServiceSettings
 
@@ -30,3 +34,44 @@ class RunnerSettings(ServiceSettings):
     """Agent steps per task before the run is stopped."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long running tasks may finish before they are interrupted and released."""
+    work_ack_wait_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    """How long a runner may go without heart-beating a task before JetStream hands the task to
+    another runner (the work consumer's ``ack_wait``; heartbeats go every third of it). It is set
+    when the shared consumer is created, by the first runner to start."""
+    tool_allowlist: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    """Tools any task on this runner may use (``fnmatch`` patterns, a JSON list in
+    ``OPSPAWN_TOOL_ALLOWLIST``); a task's own ``allowed_tools`` can only narrow it."""
+
+    llm_base_url: str | None = None
+    """Root of an OpenAI-compatible API: ``https://api.openai.com/v1``, vLLM's or LiteLLM's
+    ``http://host:8000/v1``, Ollama's ``http://127.0.0.1:11434/v1``."""
+    llm_model: str | None = Field(default=None, validate_default=True)
+    llm_api_key: SecretStr | None = None
+    """Sent as ``Authorization: Bearer``; never logged, never given to tools."""
+    llm_timeout_seconds: float = Field(default=120.0, gt=0)
+    """Limit of one model request (each retry gets its own)."""
+    llm_max_retries: int = Field(default=3, ge=0, le=10)
+    """Retries of a model request after a rate limit, timeout, 5xx or broken reply."""
+    llm_stream: bool = False
+    """Ask for streamed replies (server-sent events)."""
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value or None
+
+    @field_validator("llm_model")
+    @classmethod
+    def _model_with_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_url = info.data.get("llm_base_url") is not None
+        if has_url and not value:
+            raise ValueError("OPSPAWN_LLM_BASE_URL is set: name the model to use as well")
+        if value and not has_url and "llm_base_url" in info.data:
+            raise ValueError("a model is named but OPSPAWN_LLM_BASE_URL is not set")
+        return value or None
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.llm_base_url is not None and self.llm_model is not None

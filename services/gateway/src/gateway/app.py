@@ -1,10 +1,13 @@
 """Wiring of the gateway: one process, one event loop, REST (Litestar on uvicorn) and gRPC
-(grpc.aio) over the same :class:`TaskSubmitter` and :class:`TaskReader`.
+(grpc.aio) over the same :class:`Services`: authentication, submission, reading, cancellation,
+watching and readiness.
 
-Start-up: connect to NATS and ensure the streams, open a read-only engine on the read model, start
-gRPC, then HTTP (``/healthz`` answering 200 means both are up). Shutdown on SIGTERM/SIGINT: stop
-accepting, let in-flight calls finish within ``OPSPAWN_SHUTDOWN_GRACE_SECONDS``, close the
-database pool, drain the NATS connection, exit 0. The gateway never writes the database.
+Start-up: connect to NATS and ensure the streams, open a read-only engine on the read model
+(tasks and API keys), start gRPC, then HTTP (``/healthz`` answering 200 means both are up). With
+``OPSPAWN_DEV_DISABLE_AUTH`` the start-up log says, at WARNING, that authentication is off.
+Shutdown on SIGTERM/SIGINT: stop accepting, let in-flight calls finish within
+``OPSPAWN_SHUTDOWN_GRACE_SECONDS``, close the database pool, drain the NATS connection, exit 0.
+The gateway never writes the database.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from importlib.metadata import version
 from types import TracebackType
 
@@ -20,20 +24,29 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.grpc_api import GrpcServer
+from gateway.arrivals import TaskArrivals
+from gateway.auth import DEVELOPMENT_PRINCIPAL, Authenticator
+from gateway.cancellation import TaskCanceller
+from gateway.grpc_api import GrpcServer, TaskServiceApi
 from gateway.http_server import HttpServer
+from gateway.openapi_document import refine
 from gateway.problems import EXCEPTION_HANDLERS
+from gateway.readiness import ReadinessProbe
 from gateway.reading import TaskReader, read_only
-from gateway.rest import API_DESCRIPTION, ROUTES
+from gateway.rest import API_DESCRIPTION, ROUTES, SECURITY_SCHEME, principal_provider
 from gateway.settings import GatewaySettings
 from gateway.submission import TaskSubmitter
+from gateway.watching import TaskWatcher
 from opspawn_contracts.nats_connection import connect
 from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
+from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
-from opspawn_readmodel.queries import ReadModel
 
 SERVICE_NAME = "gateway"
 logger = logging.getLogger(__name__)
@@ -43,24 +56,56 @@ class StartupError(Exception):
     """The gateway cannot start; the message names the setting to check."""
 
 
-def create_app(submitter: TaskSubmitter, reader: TaskReader) -> Litestar:
-    """The REST application; handlers get ``submitter`` and ``reader`` injected by name."""
-    return Litestar(
+@dataclass(frozen=True)
+class Services:
+    """What the REST and gRPC bindings call; each is shared by both."""
+
+    authenticator: Authenticator
+    submitter: TaskSubmitter
+    reader: TaskReader
+    canceller: TaskCanceller
+    watcher: TaskWatcher
+    probe: ReadinessProbe
+
+
+def _provide(value: object) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def create_app(services: Services, *, max_body_bytes: int) -> Litestar:
+    """The REST application; handlers get the services injected by name."""
+    app = Litestar(
         route_handlers=ROUTES,
         dependencies={
-            "submitter": Provide(lambda: submitter, use_cache=True, sync_to_thread=False),
-            "reader": Provide(lambda: reader, use_cache=True, sync_to_thread=False),
+            "principal": Provide(principal_provider(services.authenticator)),
+            "submitter": _provide(services.submitter),
+            "reader": _provide(services.reader),
+            "canceller": _provide(services.canceller),
+            "watcher": _provide(services.watcher),
+            "probe": _provide(services.probe),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Opspawn gateway",
             version=version("opspawn-gateway"),
             description=API_DESCRIPTION,
             path="/schema",
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    SECURITY_SCHEME: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="An API key from `opspawn apikey create --tenant <tenant>`.",
+                    )
+                }
+            ),
         ),
         logging_config=None,
     )
+    refine(app.openapi_schema)
+    return app
 
 
 class Gateway:
@@ -110,23 +155,32 @@ class Gateway:
                 f"cannot connect to NATS at {settings.nats_url} (OPSPAWN_NATS_URL) within "
                 f"{settings.nats_connect_timeout}s: {error!r}"
             ) from error
-        stack.push_async_callback(nats_client.drain)
-        js = nats_client.jetstream()
-        await ensure_streams(js, settings.subjects)
+        stack.push_async_callback(_close_nats, nats_client)
+        await ensure_streams(nats_client.jetstream(), settings.subjects)
 
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
-        read_model = ReadModel(read_only(engine))
-        submitter = TaskSubmitter(
-            js,
-            settings.subjects,
-            read_model,
-            read_after_write_timeout=settings.read_after_write_timeout_seconds,
-            publish_timeout=settings.publish_timeout_seconds,
-        )
-        reader = TaskReader(read_model)
+        arrivals = TaskArrivals(read_only(engine))
+        stack.push_async_callback(arrivals.close)
+        services = self._services(nats_client, read_only(engine), arrivals)
+        if not settings.dev_disable_auth:
+            logger.info("API keys required on every /v1 call and TaskService RPC")
+        else:
+            logger.warning(
+                "authentication is OFF (OPSPAWN_DEV_DISABLE_AUTH, for development only): every "
+                "caller acts as tenant '%s'",
+                DEVELOPMENT_PRINCIPAL.tenant,
+            )
 
-        grpc_server = GrpcServer(submitter, reader)
+        grpc_server = GrpcServer(
+            TaskServiceApi(
+                services.authenticator,
+                services.submitter,
+                services.reader,
+                services.canceller,
+                services.watcher,
+            )
+        )
         try:
             self.grpc_port = await grpc_server.start(settings.grpc_host, settings.grpc_port)
         except RuntimeError as error:
@@ -137,7 +191,8 @@ class Gateway:
         stack.push_async_callback(grpc_server.stop, settings.shutdown_grace_seconds)
 
         http_server = HttpServer(
-            create_app(submitter, reader), shutdown_grace=settings.shutdown_grace_seconds
+            create_app(services, max_body_bytes=settings.max_body_bytes),
+            shutdown_grace=settings.shutdown_grace_seconds,
         )
         try:
             self.http_port = await http_server.start(settings.http_host, settings.http_port)
@@ -147,6 +202,45 @@ class Gateway:
                 f"(OPSPAWN_HTTP_HOST/OPSPAWN_HTTP_PORT): {error}"
             ) from error
         stack.push_async_callback(http_server.stop)
+
+    def _services(
+        self, nats_client: NatsClient, engine: AsyncEngine, arrivals: TaskArrivals
+    ) -> Services:
+        settings = self.settings
+        js = nats_client.jetstream()
+        reader = TaskReader(engine)
+        return Services(
+            authenticator=Authenticator(
+                ApiKeyStore(engine),
+                enabled=not settings.dev_disable_auth,
+                cache_seconds=settings.auth_cache_seconds,
+            ),
+            submitter=TaskSubmitter(
+                js,
+                settings.subjects,
+                reader,
+                arrivals,
+                read_after_write_timeout=settings.read_after_write_timeout_seconds,
+                publish_timeout=settings.publish_timeout_seconds,
+                max_input_bytes=settings.max_input_bytes,
+            ),
+            reader=reader,
+            canceller=TaskCanceller(
+                js, settings.subjects, reader, publish_timeout=settings.publish_timeout_seconds
+            ),
+            watcher=TaskWatcher(
+                js, settings.subjects, reader, keepalive=settings.stream_keepalive_seconds
+            ),
+            probe=ReadinessProbe(nats_client, engine),
+        )
+
+
+async def _close_nats(client: NatsClient) -> None:
+    """Drain the connection; one that is reconnecting cannot drain, and is closed instead."""
+    try:
+        await client.drain()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+        await client.close()
 
 
 async def run(settings: GatewaySettings, stop: asyncio.Event) -> None:

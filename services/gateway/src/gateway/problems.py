@@ -2,8 +2,9 @@
 
 Clients get one shape for all errors: ``status``, a ``title`` naming the kind of problem, a
 ``detail`` a person can act on, and for invalid requests ``errors``, one entry per bad field.
-Domain errors raised by :mod:`gateway.submission` and :mod:`gateway.reading` map to status codes
-here, so handlers stay free of HTTP error plumbing.
+The gateway's own errors (:mod:`gateway.api_errors`) carry their status; Litestar's (a malformed
+body, a body over the size limit, an unknown route) keep theirs. Handlers raise, never build
+error responses.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 from pydantic import BaseModel, Field
 
-from gateway.reading import InvalidQuery, TaskNotFound
-from gateway.submission import SubmissionUnavailable, TaskTooLarge
+from gateway.api_errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ def problem_response(
     *,
     errors: list[FieldProblem] | None = None,
     headers: dict[str, str] | None = None,
-) -> Response[Problem]:
+) -> Response[dict[str, Any]]:
     problem = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
     return Response(
-        problem,
+        problem.model_dump(mode="json", exclude_none=True),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=headers,
@@ -71,7 +71,7 @@ def _field_problems(extra: Any) -> list[FieldProblem]:
     return [_field_problem(item) for item in extra if isinstance(item, dict)]
 
 
-def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Problem]:
+def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
     problems = _field_problems(error.extra)
     detail = error.detail
     if isinstance(error, ValidationException) and problems:
@@ -84,25 +84,11 @@ def _http_error(_: Request[Any, Any, Any], error: HTTPException) -> Response[Pro
     )
 
 
-def _not_found(_: Request[Any, Any, Any], error: TaskNotFound) -> Response[Problem]:
-    return problem_response(HTTPStatus.NOT_FOUND, str(error))
+def _api_error(_: Request[Any, Any, Any], error: ApiError) -> Response[dict[str, Any]]:
+    return problem_response(error.http_status, str(error), headers=dict(error.headers) or None)
 
 
-def _invalid_query(_: Request[Any, Any, Any], error: InvalidQuery) -> Response[Problem]:
-    return problem_response(HTTPStatus.BAD_REQUEST, str(error))
-
-
-def _too_large(_: Request[Any, Any, Any], error: TaskTooLarge) -> Response[Problem]:
-    return problem_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
-
-
-def _unavailable(_: Request[Any, Any, Any], error: SubmissionUnavailable) -> Response[Problem]:
-    return problem_response(
-        HTTPStatus.SERVICE_UNAVAILABLE, str(error), headers={"Retry-After": "1"}
-    )
-
-
-def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
     return problem_response(
         HTTPStatus.INTERNAL_SERVER_ERROR, "the gateway failed to answer; see its log for the cause"
@@ -111,9 +97,6 @@ def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[P
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_error,
-    TaskNotFound: _not_found,
-    InvalidQuery: _invalid_query,
-    TaskTooLarge: _too_large,
-    SubmissionUnavailable: _unavailable,
+    ApiError: _api_error,
     Exception: _unexpected,
 }

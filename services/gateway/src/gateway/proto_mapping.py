@@ -7,13 +7,15 @@ same ``input_data`` as the same JSON sent over REST (``{"a": 2}``, not ``{"a": 2
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import cast
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from pydantic import JsonValue
 
 from gateway.reading import TaskEventView
 from opspawn.v1 import tasks_pb2
+from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.task import TaskStatus, TaskView
 
 _EXACT_INTEGERS = 2**53
@@ -67,7 +69,39 @@ def task_to_proto(task: TaskView) -> tasks_pb2.Task:
         message.error_message = task.error_message
     message.created_at.FromDatetime(task.created_at)
     message.updated_at.FromDatetime(task.updated_at)
+    if task.idempotency_key is not None:
+        message.idempotency_key = task.idempotency_key
+    message.options.CopyFrom(options_to_proto(task.options))
     return message
+
+
+def options_to_proto(options: TaskOptions) -> tasks_pb2.TaskOptions:
+    message = tasks_pb2.TaskOptions(allowed_tools=options.allowed_tools or [])
+    if options.timeout_seconds is not None:
+        message.timeout_seconds = options.timeout_seconds
+    if options.max_attempts is not None:
+        message.max_attempts = options.max_attempts
+    return message
+
+
+def options_from_proto(message: tasks_pb2.TaskOptions) -> dict[str, JsonValue]:
+    """The REST form of ``options``, for :class:`TaskRequest` to validate like a REST body."""
+    options: dict[str, JsonValue] = {}
+    if message.HasField("timeout_seconds"):
+        options["timeout_seconds"] = message.timeout_seconds
+    if message.HasField("max_attempts"):
+        options["max_attempts"] = message.max_attempts
+    if message.allowed_tools:
+        options["allowed_tools"] = list(message.allowed_tools)
+    return options
+
+
+def optional_time(message: tasks_pb2.ListTasksRequest, field: str) -> datetime | None:
+    """A Timestamp field of ``message`` as an aware datetime, ``None`` when unset."""
+    if not message.HasField(field):
+        return None
+    timestamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return timestamp.ToDatetime(tzinfo=UTC)
 
 
 def event_to_proto(event: TaskEventView) -> tasks_pb2.TaskEvent:

@@ -1,5 +1,8 @@
 """Reading tasks and their events from the read model, the read path REST and gRPC share.
 
+Every read is scoped to the caller's tenant: a task of another tenant is answered exactly like a
+task that does not exist (:class:`TaskNotFound`), so ids cannot be probed across tenants.
+
 Reads are eventually consistent with the events stream: they show what the scheduler's
 projection has applied so far (a just-submitted task may be missing for a moment, see
 :mod:`gateway.submission`). Nothing here writes, and :func:`read_only` makes the database
@@ -9,25 +12,73 @@ enforce that.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.api_errors import InvalidRequest, TaskNotFound
+from gateway.pagination import (
+    PagePosition,
+    TaskFilter,
+    decode_cursor,
+    encode_cursor,
+    page_size,
+)
+from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.task import TaskStatus, TaskView
-from opspawn_readmodel.queries import MAX_PAGE_SIZE, EventRecord, ReadModel
+from opspawn_readmodel.tables import task_events, tasks
 
-DEFAULT_LIMIT = 50
-
-
-class TaskNotFound(LookupError):
-    def __init__(self, task_id: UUID) -> None:
-        super().__init__(f"no task with id {task_id}")
-        self.task_id = task_id
+MAX_EVENTS_PAGE = 1000
 
 
-class InvalidQuery(ValueError):
-    """A read request with an argument out of range; the message says which and why."""
+class Task(BaseModel):
+    """A task as clients see it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: UUID
+    task_type: str = Field(examples=["agent_run"])
+    status: TaskStatus
+    input_data: dict[str, JsonValue]
+    output_data: dict[str, JsonValue] | None = Field(
+        default=None, description="What the task produced; null until it completed."
+    )
+    error_message: str | None = Field(
+        default=None, description="Why the task failed or was cancelled."
+    )
+    created_at: datetime
+    updated_at: datetime
+    idempotency_key: str | None = Field(
+        default=None, description="The Idempotency-Key it was submitted with, if any."
+    )
+    options: TaskOptions = Field(
+        default_factory=TaskOptions, description="The per-task settings it was submitted with."
+    )
+
+    @classmethod
+    def from_view(cls, view: TaskView) -> Task:
+        return cls(
+            task_id=view.task_id,
+            task_type=view.task_type,
+            status=view.status,
+            input_data=view.input_data,
+            output_data=view.output_data,
+            error_message=view.error_message,
+            created_at=view.created_at,
+            updated_at=view.updated_at,
+            idempotency_key=view.idempotency_key,
+            options=view.options,
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[Task] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as 'cursor' for the next page; null on the last page."
+    )
 
 
 class TaskEventView(BaseModel):
@@ -49,8 +100,8 @@ class TaskEventView(BaseModel):
     data: dict[str, JsonValue] = Field(description="The event's typed payload.")
 
     @classmethod
-    def from_record(cls, record: EventRecord) -> TaskEventView:
-        return cls.model_validate({**record.payload, "sequence": record.sequence})
+    def from_payload(cls, sequence: int, payload: dict[str, Any]) -> TaskEventView:
+        return cls.model_validate({**payload, "sequence": sequence})
 
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:
@@ -62,48 +113,89 @@ def parse_task_id(value: str) -> UUID:
     try:
         return UUID(value)
     except ValueError:
-        raise InvalidQuery(f"task_id {value!r} is not a UUID") from None
+        raise InvalidRequest(f"task_id {value!r} is not a UUID") from None
 
 
-def parse_status(value: str | None) -> TaskStatus | None:
-    """A status filter from text; empty or absent means any status."""
-    if not value:
+def parse_status(value: str | None, *, allow_any: bool = True) -> TaskStatus | None:
+    """A status filter from text; absent (or, with ``allow_any``, empty) means any status."""
+    if value is None or (allow_any and not value):
         return None
     try:
         return TaskStatus(value)
     except ValueError:
         allowed = ", ".join(status.value for status in TaskStatus)
-        raise InvalidQuery(f"status {value!r} is not one of: {allowed}") from None
-
-
-def page_size(limit: int | None) -> int:
-    """``limit`` within bounds: unset or 0 means the default; above the maximum, the maximum."""
-    if limit is None or limit == 0:
-        return DEFAULT_LIMIT
-    if limit < 0:
-        raise InvalidQuery(f"limit must be positive, got {limit}")
-    return min(limit, MAX_PAGE_SIZE)
+        raise InvalidRequest(f"status {value!r} is not one of: {allowed}") from None
 
 
 class TaskReader:
-    def __init__(self, read_model: ReadModel) -> None:
-        self._read_model = read_model
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
 
-    async def get_task(self, task_id: UUID) -> TaskView:
-        task = await self._read_model.get_task(task_id)
-        if task is None:
+    async def find(self, task_id: UUID) -> TaskView | None:
+        """The task whoever owns it (for idempotency checks, whose ids embed the tenant)."""
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(select(tasks).where(tasks.c.task_id == task_id))
+            ).first()
+        return None if row is None else TaskView.model_validate(row._asdict())
+
+    async def get_task(self, tenant: str, task_id: UUID) -> TaskView:
+        """The tenant's task; :class:`TaskNotFound` if it has none with this id."""
+        query = select(tasks).where(tasks.c.task_id == task_id, tasks.c.tenant == tenant)
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
             raise TaskNotFound(task_id)
-        return task
+        return TaskView.model_validate(row._asdict())
 
     async def list_tasks(
-        self, *, status: TaskStatus | None = None, limit: int | None = None
-    ) -> list[TaskView]:
-        """Newest first; see :func:`page_size` for ``limit``."""
-        return await self._read_model.list_tasks(status=status, limit=page_size(limit))
+        self,
+        tenant: str,
+        task_filter: TaskFilter,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskView], str | None]:
+        """One page, newest first, and the cursor of the next (``None`` on the last page)."""
+        size = page_size(limit)
+        query = select(tasks).where(tasks.c.tenant == tenant)
+        if task_filter.status is not None:
+            query = query.where(tasks.c.status == task_filter.status.value)
+        if task_filter.task_type is not None:
+            query = query.where(tasks.c.task_type == task_filter.task_type)
+        if task_filter.created_after is not None:
+            query = query.where(tasks.c.created_at > task_filter.created_after)
+        if task_filter.created_before is not None:
+            query = query.where(tasks.c.created_at < task_filter.created_before)
+        if cursor:
+            position = decode_cursor(cursor, task_filter)
+            query = query.where(
+                tuple_(tasks.c.created_at, tasks.c.task_id)
+                < tuple_(position.created_at, position.task_id)
+            )
+        query = query.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(size + 1)
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        page = [TaskView.model_validate(row._asdict()) for row in rows[:size]]
+        if len(rows) <= size:
+            return page, None
+        last = page[-1]
+        return page, encode_cursor(PagePosition(last.created_at, last.task_id), task_filter)
 
-    async def task_events(self, task_id: UUID) -> list[TaskEventView]:
-        """The task's events in stream order; :class:`TaskNotFound` if there is no such task."""
-        records = await self._read_model.task_events(task_id)
-        if not records and await self._read_model.get_task(task_id) is None:
-            raise TaskNotFound(task_id)
-        return [TaskEventView.from_record(record) for record in records]
+    async def task_events(
+        self, tenant: str, task_id: UUID, *, after: int = 0, limit: int | None = None
+    ) -> list[TaskEventView]:
+        """The tenant's task's events with a sequence above ``after``, in stream order."""
+        if after < 0:
+            raise InvalidRequest(f"after must be 0 or a sequence, got {after}")
+        size = page_size(limit, MAX_EVENTS_PAGE) if limit else MAX_EVENTS_PAGE
+        await self.get_task(tenant, task_id)
+        query = (
+            select(task_events.c.sequence, task_events.c.payload)
+            .where(task_events.c.task_id == task_id, task_events.c.sequence > after)
+            .order_by(task_events.c.sequence)
+            .limit(size)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [TaskEventView.from_payload(row.sequence, row.payload) for row in rows]

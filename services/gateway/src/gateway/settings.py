@@ -26,3 +26,14 @@ class GatewaySettings(ServiceSettings):
     """How long a submit waits for the commands stream's PubAck before answering 503."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight HTTP and gRPC calls may take to finish."""
+    dev_disable_auth: bool = False
+    """Development only: serve without API keys, every caller acting as tenant ``default``.
+    The gateway logs a warning at start when this is on; ``opspawn up`` sets it and says so."""
+    auth_cache_seconds: float = Field(default=10.0, ge=0)
+    """How long a verified (or refused) API key is remembered; a revocation takes this long."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest accepted request body; a larger one is answered 413."""
+    max_input_bytes: int = Field(default=256 * 1024, ge=2)
+    """Largest accepted ``input_data`` (as compact JSON); a larger one is answered 422."""
+    stream_keepalive_seconds: float = Field(default=15.0, gt=0)
+    """How often an idle event stream (SSE, WatchTask) sends a keep-alive."""

@@ -3,13 +3,22 @@
 Contract of :meth:`TaskSubmitter.submit`:
 
 1. The request is a valid :class:`TaskRequest` (checked before anything is published): a
-   ``task_type`` token, an ``input_data`` object, and if ``input_data`` has a ``plan``, a list of
-   steps ``{"tool": "<namespace>.<name>", "args": {...}}``.
-2. The gateway assigns the task id and a correlation id and publishes :class:`SubmitTask` to the
-   commands stream with ``Nats-Msg-Id`` = ``command_id``, and awaits the stream's PubAck. Without a
-   PubAck (NATS down, stream missing, timeout) nothing was accepted: :class:`SubmissionUnavailable`,
+   ``task_type`` token, an ``input_data`` object no larger than the configured limit, and if
+   ``input_data`` has a ``plan``, a list of steps ``{"tool": "<namespace>.<name>", "args": {...}}``
+   (else :class:`pydantic.ValidationError`, 400); a plan that only uses ``options.allowed_tools``
+   when those are given (else :class:`Unprocessable`, 422).
+2. The task belongs to the caller's tenant. The gateway publishes :class:`SubmitTask` to the
+   commands stream with ``Nats-Msg-Id`` = ``command_id`` and awaits the stream's PubAck. Without a
+   PubAck (NATS down, stream missing, timeout) nothing was accepted: :class:`ServiceUnavailable`,
    and the client may retry.
-3. Read-after-write: once the command is stored the gateway waits, at most
+3. Idempotency, without the gateway writing anything: with an idempotency key, ``task_id`` is
+   ``uuid5(tenant, key)`` and ``command_id`` is ``uuid5(task_id, request_hash)``, the hash being a
+   digest of the canonical request. Retries of one request are therefore one message (JetStream
+   drops the copies inside its duplicate window) and one task (the scheduler appends TaskSubmitted
+   only to a task with no events). A retry finds the task in the read model and gets it back; the
+   same key with another request finds a task with another ``request_hash``:
+   :class:`IdempotencyConflict`. Keys are per tenant and do not expire.
+4. Read-after-write: once the command is stored the gateway waits, at most
    ``read_after_write_timeout`` seconds, for the read model to show the task, and answers with what
    it shows (``pending`` or already later). If the projection has not caught up by then, the
    answer is the ``pending`` task built from the command: the command is durably accepted either
@@ -20,9 +29,13 @@ The gateway never writes the read model; the scheduler's projection is its only 
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import json
 import logging
-from uuid import uuid4
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4, uuid5
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -37,14 +50,32 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.api_errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    LimitExceeded,
+    RequestTooLarge,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from gateway.arrivals import TaskArrivals
+from gateway.auth import Principal
+from gateway.reading import TaskReader
 from opspawn_contracts.commands import SubmitTask, encode_command
+from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.plan import plan_adapter
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
 from opspawn_contracts.subjects import Subjects, validate_token
 from opspawn_contracts.task import TaskStatus, TaskView
-from opspawn_readmodel.queries import ReadModel
 
 logger = logging.getLogger(__name__)
+
+TASK_TYPE_PATTERN = r"^[A-Za-z0-9_-]+$"
+"""What :func:`validate_token` accepts; documented, while the validator words the error."""
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+"""1-255 printable ASCII characters without spaces: UUIDs, ULIDs, hashes, 'order-42'."""
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_IDEMPOTENCY_NAMESPACE = UUID("6f1c8a52-3f0e-4f57-9a3c-0b7d3c1e5a10")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -62,6 +93,12 @@ def describe_validation_error(error: ValidationError) -> str:
     )
 
 
+def tool_allowed(tool: str, allowed: list[str]) -> bool:
+    """Whether ``tool`` is named in ``allowed``, by itself or by its namespace (``ns.*``)."""
+    namespace = tool.partition(".")[0]
+    return tool in allowed or f"{namespace}.*" in allowed
+
+
 class TaskRequest(BaseModel):
     """A task submission: the REST body of ``POST /v1/tasks`` and gRPC's CreateTaskRequest."""
 
@@ -72,6 +109,7 @@ class TaskRequest(BaseModel):
         max_length=64,
         description="Which kind of worker runs the task: letters, digits, '_' or '-'.",
         examples=["agent_run"],
+        json_schema_extra={"pattern": TASK_TYPE_PATTERN},
     )
     input_data: dict[str, JsonValue] = Field(
         default_factory=dict,
@@ -80,6 +118,13 @@ class TaskRequest(BaseModel):
             '{"tool": "<namespace>.<name>", "args": {...}}.'
         ),
         examples=[{"goal": "add two numbers", "plan": [{"tool": "math.add", "args": {"a": 2}}]}],
+    )
+    options: TaskOptions = Field(
+        default_factory=TaskOptions,
+        description=(
+            "Per-task settings: timeout_seconds (deadline of the whole task), max_attempts, "
+            "allowed_tools (tool names, or 'namespace.*'; absent allows every tool)."
+        ),
     )
 
     @field_validator("task_type")
@@ -106,13 +151,37 @@ class TaskRequest(BaseModel):
                 ) from None
         return value
 
+    def canonical_hash(self) -> str:
+        """A digest of what the request asks for, equal for equal requests however encoded."""
+        document = {
+            "task_type": self.task_type,
+            "input_data": self.input_data,
+            "options": self.options.model_dump(mode="json"),
+        }
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
-class SubmissionUnavailable(Exception):
-    """The command was not acknowledged by the commands stream; nothing was submitted."""
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The key, or ``None`` when absent; :class:`InvalidRequest` when malformed (empty too)."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces"
+        )
+    return value
 
 
-class TaskTooLarge(ValueError):
-    """The encoded command would exceed the stream's message size limit."""
+def idempotent_task_id(tenant: str, key: str) -> UUID:
+    return uuid5(_IDEMPOTENCY_NAMESPACE, f"{tenant}\x00{key}")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    task: TaskView
+    replayed: bool
+    """True when an earlier request with the same idempotency key already created the task."""
 
 
 class TaskSubmitter:
@@ -120,33 +189,104 @@ class TaskSubmitter:
         self,
         js: JetStreamContext,
         subjects: Subjects,
-        read_model: ReadModel,
+        reader: TaskReader,
+        arrivals: TaskArrivals,
         *,
         read_after_write_timeout: float,
         publish_timeout: float = 5.0,
+        max_input_bytes: int = 256 * 1024,
     ) -> None:
         self._js = js
         self._subjects = subjects
-        self._read_model = read_model
+        self._reader = reader
+        self._arrivals = arrivals
         self._read_after_write_timeout = read_after_write_timeout
         self._publish_timeout = publish_timeout
+        self._max_input_bytes = max_input_bytes
 
-    async def submit(self, request: TaskRequest) -> TaskView:
+    @staticmethod
+    def check_allowed_tools(request: TaskRequest) -> None:
+        """A plan may only name tools its ``options.allowed_tools`` allow."""
+        allowed = request.options.allowed_tools
+        plan = request.input_data.get("plan")
+        if allowed is None or not isinstance(plan, list):
+            return
+        for index, step in enumerate(plan):
+            tool = step.get("tool") if isinstance(step, dict) else None
+            if isinstance(tool, str) and not tool_allowed(tool, allowed):
+                raise Unprocessable(
+                    f"plan[{index}].tool {tool!r} is not in options.allowed_tools; "
+                    "allow it, or remove the step"
+                )
+
+    def check_input_size(self, input_data: dict[str, Any]) -> None:
+        size = len(json.dumps(input_data, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self._max_input_bytes:
+            raise LimitExceeded(
+                f"input_data is {size} bytes as JSON; at most {self._max_input_bytes} are accepted"
+            )
+
+    async def submit(
+        self, request: TaskRequest, principal: Principal, idempotency_key: str | None = None
+    ) -> Submission:
         """Publish the submit command, then answer read-after-write (see the module docstring)."""
+        principal.require_write()
+        self.check_allowed_tools(request)
+        self.check_input_size(request.input_data)
+        request_hash = request.canonical_hash()
+        if idempotency_key is None:
+            task_id, command_id = uuid4(), uuid4()
+        else:
+            task_id = idempotent_task_id(principal.tenant, idempotency_key)
+            command_id = uuid5(task_id, request_hash)
+            existing = await self._find(task_id)
+            if existing is not None:
+                return Submission(self._same_request(existing, request_hash), replayed=True)
         command = SubmitTask(
-            task_id=uuid4(),
-            correlation_id=uuid4(),
+            command_id=command_id,
+            task_id=task_id,
+            correlation_id=command_id,
             task_type=request.task_type,
             input_data=request.input_data,
+            tenant=principal.tenant,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            options=request.options,
         )
+        duplicate = await self._publish(command)
+        task = await self._read_back(command)
+        if idempotency_key is not None:
+            task = self._same_request(task, request_hash)
+        return Submission(task, replayed=duplicate)
+
+    async def _find(self, task_id: UUID) -> TaskView | None:
+        try:
+            return await self._reader.find(task_id)
+        except (SQLAlchemyError, OSError) as error:
+            raise ServiceUnavailable(
+                "the idempotency key could not be checked: the read model did not answer; "
+                "nothing was stored, retry shortly"
+            ) from error
+
+    @staticmethod
+    def _same_request(task: TaskView, request_hash: str) -> TaskView:
+        if task.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Idempotency-Key was already used for task {task.task_id} with a different "
+                "request; use a new key for a new task, or resend the original request"
+            )
+        return task
+
+    async def _publish(self, command: SubmitTask) -> bool:
+        """Store ``command``; ``True`` if the stream already had it (a retried request)."""
         payload = encode_command(command)
         if len(payload) > MAX_MESSAGE_BYTES:
-            raise TaskTooLarge(
+            raise RequestTooLarge(
                 f"the task is {len(payload)} bytes encoded; "
                 f"at most {MAX_MESSAGE_BYTES} are accepted"
             )
         try:
-            await self._js.publish(
+            ack = await self._js.publish(
                 self._subjects.command(command.command_type),
                 payload,
                 timeout=self._publish_timeout,
@@ -155,24 +295,24 @@ class TaskSubmitter:
             )
         except nats.errors.Error as error:
             logger.warning("submit of task %s not acknowledged: %r", command.task_id, error)
-            raise SubmissionUnavailable(
+            raise ServiceUnavailable(
                 "the task could not be submitted: the message bus did not acknowledge it "
                 f"({type(error).__name__}); nothing was stored, retry shortly"
             ) from error
         logger.info(
-            "submitted task %s (%s), command %s",
+            "%s task %s (%s) for tenant %s, command %s",
+            "resubmitted" if ack.duplicate else "submitted",
             command.task_id,
             command.task_type,
+            command.tenant,
             command.command_id,
         )
-        return await self._read_back(command)
+        return bool(ack.duplicate)
 
     async def _read_back(self, command: SubmitTask) -> TaskView:
-        timeout = self._read_after_write_timeout
         try:
-            async with asyncio.timeout(timeout + 0.5):
-                task = await self._read_model.wait_for_task(command.task_id, timeout=timeout)
-        except (TimeoutError, SQLAlchemyError, OSError) as error:
+            task = await self._arrivals.wait(command.task_id, self._read_after_write_timeout)
+        except (SQLAlchemyError, OSError) as error:
             # The command is stored; a slow or unreachable read model must not turn an accepted
             # submission into an error, so the answer falls back to the command's view.
             logger.warning("read model unavailable after submit %s: %r", command.task_id, error)
@@ -189,4 +329,8 @@ def pending_task(command: SubmitTask) -> TaskView:
         input_data=command.input_data,
         created_at=command.issued_at,
         updated_at=command.issued_at,
+        tenant=command.tenant,
+        idempotency_key=command.idempotency_key,
+        request_hash=command.request_hash,
+        options=command.options,
     )

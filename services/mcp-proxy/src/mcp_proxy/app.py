@@ -1,10 +1,10 @@
 """Wiring and process entry point of the MCP proxy (``python -m mcp_proxy``).
 
-Start: connect every enabled MCP server (each failure is logged and reported by status, the
-others are served), ensure the streams, then answer requests. Readiness: the proxy answers on
-``Subjects.mcp_status``. SIGTERM/SIGINT: stop taking requests, let in-flight calls finish (up to
-``OPSPAWN_SHUTDOWN_GRACE_SECONDS``), drain the NATS connection, close every MCP session and end
-every child server, exit 0.
+Start: connect every enabled MCP server (a server that fails is logged, reported by status and
+retried with backoff; the others are served), ensure the streams, then answer requests.
+Readiness: the proxy answers on ``Subjects.mcp_status``. SIGTERM/SIGINT: stop taking requests,
+let in-flight calls finish (up to ``OPSPAWN_SHUTDOWN_GRACE_SECONDS``), drain the NATS connection,
+close every MCP session and end every child server (no more restarts), exit 0.
 """
 
 from __future__ import annotations

@@ -11,11 +11,15 @@ The file's path comes from ``OPSPAWN_MCP_CONFIG``. Shape::
         cwd: /srv/tools             # optional
         call_timeout_seconds: 30
         max_concurrent_calls: 8
+        tools: {allow: ["*"], deny: ["delete_*"]}
       remote:
         transport: streamable_http
         url: "http://127.0.0.1:8931/mcp"
         headers: {Authorization: "Bearer ${REMOTE_TOKEN}"}
         enabled: false
+
+Every server also takes ``connect_timeout_seconds``, ``max_request_bytes``, ``max_reply_bytes``,
+``health_check`` (:class:`HealthCheck`) and ``restart`` (:class:`Restart`); see the fields below.
 
 ``${VAR}`` and ``${VAR:-default}`` in any string value are replaced from the environment when the
 file is loaded (``$$`` is a literal ``$``); an unset ``${VAR}`` without a default is an error.
@@ -29,6 +33,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,14 +53,89 @@ class ConfigError(Exception):
     """The server list cannot be used; the message names the file, server and field."""
 
 
-class _ServerSettings(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+
+class ToolFilter(_Section):
+    """Which of a server's tools the proxy offers: ``fnmatch`` patterns on the tool name.
+
+    A tool is offered when it matches an ``allow`` pattern and no ``deny`` pattern (deny wins).
+    Tools not offered are left out of listings, and calling one is ``unknown_tool``.
+    """
+
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+    deny: list[str] = Field(default_factory=list)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _patterns_are_not_blank(cls, patterns: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in patterns):
+            raise ValueError("a tool pattern must not be blank")
+        return patterns
+
+    def admits(self, tool: str) -> bool:
+        return any(fnmatchcase(tool, pattern) for pattern in self.allow) and not any(
+            fnmatchcase(tool, pattern) for pattern in self.deny
+        )
+
+
+class HealthCheck(_Section):
+    """MCP ``ping`` of a connected server that has been silent for ``interval_seconds``.
+
+    Any answer from the server (to a ping or a call) proves it alive. After
+    ``failures_before_restart`` pings in a row fail (no answer within ``timeout_seconds``, or the
+    connection refused), the session is closed (a stdio child is ended) and restarted. A server
+    going away is also noticed without a ping when its transport says so (a stdio child's output
+    ends). ``interval_seconds: 0`` turns pings off.
+    """
+
+    interval_seconds: float = Field(default=10.0, ge=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    failures_before_restart: int = Field(default=2, ge=1)
+
+
+class Restart(_Section):
+    """Reconnecting a server whose session ended (process died, HTTP server gone, start failed).
+
+    Attempt ``n`` in a row waits ``initial_delay_seconds * multiplier**n`` (at most
+    ``max_delay_seconds``, with +-20 % jitter so proxy copies do not retry in step); the count
+    starts over once a session stayed up for ``STABLE_SESSION_SECONDS``. A call to a server that is
+    not connected waits up to ``call_wait_seconds`` (within its own timeout) for the next attempt,
+    then proceeds or fails ``unavailable`` with that attempt's error; when the next attempt is
+    further away than that, it fails at once.
+    """
+
+    initial_delay_seconds: float = Field(default=0.5, ge=0)
+    max_delay_seconds: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    call_wait_seconds: float = Field(default=10.0, ge=0)
+
+    def delay(self, failures_in_a_row: int) -> float:
+        """Seconds before the next attempt, jitter excluded."""
+        exponent = min(failures_in_a_row, 64)  # large enough to reach any max, small enough to fit
+        return min(self.initial_delay_seconds * self.multiplier**exponent, self.max_delay_seconds)
+
+
+STABLE_SESSION_SECONDS = 10.0
+
+
+class _ServerSettings(_Section):
     enabled: bool = True
     call_timeout_seconds: float = Field(default=60.0, gt=0)
     """Upper bound of one call, queueing for a free slot included; a request may ask for less."""
+    connect_timeout_seconds: float | None = Field(default=None, gt=0)
+    """Starting, initializing and listing; ``None``: ``OPSPAWN_MCP_CONNECT_TIMEOUT``."""
     max_concurrent_calls: int = Field(default=8, ge=1)
     """Calls in flight on this server at once; further calls wait for a slot."""
+    max_request_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest call request (the NATS payload) accepted; larger ones are ``too_large``."""
+    max_reply_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest tool result (as JSON) passed back; larger ones are ``too_large``. The whole reply
+    must also fit the NATS connection's maximum payload."""
+    tools: ToolFilter = Field(default_factory=ToolFilter)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    restart: Restart = Field(default_factory=Restart)
 
 
 class StdioServer(_ServerSettings):

@@ -14,7 +14,8 @@ Every subscription is in ``Subjects.mcp_proxy_queue_group``, so several proxy co
 load and each request is answered once. These are core NATS subjects, outside every stream.
 
 Every request gets a reply: a payload that is not the request model gets ``bad_request``, a
-reply too big for the connection gets ``too_large``, and an unexpected failure is logged with its
+call request over its server's ``max_request_bytes`` or a reply too big for the NATS connection
+gets ``too_large``, and an unexpected failure is logged with its
 traceback and answered ``unavailable``, so a caller never waits out its timeout for nothing.
 
 :class:`ProxyHandlers` is transport-free (bytes in, reply model out); :class:`RpcServer` serves it
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -34,7 +36,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
-from mcp_proxy.connections import McpConnections, ToolCallError
+from mcp_proxy.connections import McpConnections
+from mcp_proxy.failures import ToolCallError
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.tool_rpc import (
     CallToolReply,
@@ -75,6 +78,17 @@ class ProxyHandlers:
     async def call_tool(self, subject: str, payload: bytes) -> CallToolReply:
         """Call the tool; the server is the subject's last token (the payload may omit it)."""
         server = subject.rsplit(".", 1)[-1]
+        limit = self._connections.max_request_bytes(server)
+        if limit is not None and len(payload) > limit:
+            message = (
+                f"the request is {len(payload)} bytes; MCP server {server!r} accepts at most "
+                f"{limit} (max_request_bytes)"
+            )
+            log.info("refused a call to %s: %s", server, message)
+            return CallToolReply(
+                ok=False,
+                error=ToolError(code=ToolErrorCode.TOO_LARGE, message=message, server=server),
+            )
         try:
             document = json.loads(payload)
             if isinstance(document, dict):
@@ -89,18 +103,27 @@ class ProxyHandlers:
                 error=ToolError(code=ToolErrorCode.BAD_REQUEST, message=message, server=server),
             )
         log.info("task %s calls %s.%s", request.task_id, request.server, request.tool)
+        started = time.perf_counter()
         try:
             result = await self._connections.call_tool(request)
         except ToolCallError as failure:
             log.info(
-                "task %s call %s.%s failed: %s: %s",
+                "task %s call %s.%s failed after %.1f ms: %s: %s",
                 request.task_id,
                 request.server,
                 request.tool,
+                (time.perf_counter() - started) * 1000,
                 failure.error.code,
                 failure.error.message,
             )
             return CallToolReply(ok=False, error=failure.error)
+        log.info(
+            "task %s call %s.%s answered in %.1f ms",
+            request.task_id,
+            request.server,
+            request.tool,
+            (time.perf_counter() - started) * 1000,
+        )
         return CallToolReply(ok=True, result=result)
 
     def status(self) -> McpStatusReply:

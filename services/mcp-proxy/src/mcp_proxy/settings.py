@@ -13,7 +13,8 @@ class ProxySettings(ServiceSettings):
     mcp_config: Path | None = None
     """``OPSPAWN_MCP_CONFIG``: the ``mcp_servers.yaml`` to serve. Unset: no servers (a warning)."""
     mcp_connect_timeout: float = Field(default=30.0, gt=0)
-    """Seconds a server has to start, initialize and list its tools at boot."""
+    """Seconds a server has to start, initialize and list its tools, at each connection attempt
+    (a server's own ``connect_timeout_seconds`` wins)."""
     max_concurrent_requests: int = Field(default=64, ge=1)
     """Requests handled at once by one proxy copy (each server has its own call limit too)."""
     shutdown_grace_seconds: float = Field(default=15.0, ge=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,12 @@ from mcp_proxy.app import run
 from mcp_proxy.config import ProxyConfig
 from mcp_proxy.settings import ProxySettings
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.tool_rpc import CallToolReply, ListToolsReply, McpStatusReply
+from opspawn_contracts.tool_rpc import (
+    CallToolReply,
+    ListToolsReply,
+    McpServerStatus,
+    McpStatusReply,
+)
 
 REQUEST_TIMEOUT = 20.0
 
@@ -62,13 +67,27 @@ class ProxyClient:
         self, server: str, *, connected: bool, within: float = 10.0
     ) -> McpStatusReply:
         """Poll status until ``server`` is (dis)connected; AssertionError after ``within`` s."""
+        await self.wait_for_server(
+            server, lambda status: status.connected is connected, f"connected={connected}", within
+        )
+        return await self.status()
+
+    async def wait_for_server(
+        self,
+        server: str,
+        check: Callable[[McpServerStatus], bool],
+        what: str,
+        within: float = 10.0,
+    ) -> McpServerStatus:
+        """Poll status until ``check`` holds for ``server``'s; AssertionError after ``within`` s."""
         deadline = time.monotonic() + within
         while True:
             status = await self.status()
-            if any(s.server == server and s.connected is connected for s in status.servers):
-                return status
+            found = next((s for s in status.servers if s.server == server), None)
+            if found is not None and check(found):
+                return found
             if time.monotonic() > deadline:
-                raise AssertionError(f"{server} never became connected={connected}: {status}")
+                raise AssertionError(f"{server} never became {what}: {status}")
             await asyncio.sleep(0.05)
 
 

@@ -1,4 +1,5 @@
-"""Wiring the scheduler: migrations, one NATS connection, the command dispatcher and the projection.
+"""Wiring the scheduler: migrations, one NATS connection, and its loops: the command dispatcher,
+the projection, the retry decisions and the deadline watch, plus the status responder.
 
 ``python -m scheduler`` runs :func:`main`. Tests and the end-to-end harness run the same service
 in-process, with :func:`run` (until an event is set) or with :func:`running` (a context manager
@@ -13,15 +14,22 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from opspawn_contracts.dead_letters import DeadLetters
+from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.nats_connection import connect
 from opspawn_contracts.service_process import configure_logging, serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
+from scheduler.abandoned_work import AbandonedWork
+from scheduler.deadlines import DeadlineWatch
 from scheduler.dispatch import CommandDispatcher
 from scheduler.projection import Projection
+from scheduler.retries import Retries
 from scheduler.settings import SchedulerSettings
+from scheduler.status import StatusResponder
+from scheduler.task_decisions import RetryPolicy
 
 SERVICE_NAME = "scheduler"
 
@@ -30,10 +38,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Scheduler:
-    """The running parts; both loops run in tasks of their own until the scheduler stops."""
+    """The running parts; each loop runs in a task of its own until the scheduler stops."""
 
     dispatcher: CommandDispatcher
     projection: Projection
+    retries: Retries
+    deadlines: DeadlineWatch
+    status: StatusResponder
+    dead_letters: DeadLetters
+    abandoned: AbandonedWork
     loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def until(self, stop: asyncio.Event) -> None:
@@ -50,9 +63,10 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
     """The scheduler, started and ready, until the block ends.
 
     Ready means: schema migrated (if enabled), streams ensured, the projection subscribed at its
-    checkpoint and the durable commands consumer created (what the supervisor checks). Leaving
-    the block stops pulling, finishes the command batch and the event in hand, then closes the
-    connections; a loop's failure is re-raised then.
+    checkpoint, the decisions consumer bound, the status responder listening, and the durable
+    commands consumer created last (what the supervisor checks). Leaving the block stops pulling,
+    finishes the batches in hand, then closes the connections; a loop's failure is re-raised
+    then.
     """
     if settings.migrate_on_start:
         await migrate(settings.database_url)
@@ -62,17 +76,66 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         client = await connect(settings, name=SERVICE_NAME)
         resources.push_async_callback(client.drain)
         js = client.jetstream()
-        await ensure_streams(js, settings.subjects)
+        subjects = settings.subjects
+        await ensure_streams(js, subjects)
+        dead_letters = DeadLetters(js, subjects, service=SERVICE_NAME)
+        projection = Projection(
+            engine,
+            js,
+            subjects,
+            batch_size=settings.projection_batch_size,
+            dead_letters=dead_letters,
+        )
+        retries = Retries(
+            js,
+            subjects,
+            policy=RetryPolicy(settings.retry_base_delay_seconds, settings.retry_max_delay_seconds),
+            default_max_attempts=settings.default_max_attempts,
+            dead_letters=dead_letters,
+        )
+        deadlines = DeadlineWatch(
+            engine,
+            EventLog(js, subjects),
+            subjects,
+            interval=settings.deadline_check_interval_seconds,
+        )
+        abandoned = AbandonedWork(client, js, subjects, dead_letters)
         scheduler = Scheduler(
-            dispatcher=CommandDispatcher(js, settings.subjects),
-            projection=Projection(engine, js, settings.subjects),
+            dispatcher=CommandDispatcher(
+                js,
+                subjects,
+                default_max_attempts=settings.default_max_attempts,
+                dead_letters=dead_letters,
+            ),
+            projection=projection,
+            retries=retries,
+            deadlines=deadlines,
+            status=StatusResponder(
+                client,
+                subjects,
+                projection=projection,
+                retries=retries,
+                deadlines=deadlines,
+                dead_letters=dead_letters,
+                max_ready_lag=settings.max_ready_lag,
+                abandoned=abandoned,
+            ),
+            dead_letters=dead_letters,
+            abandoned=abandoned,
         )
         await scheduler.projection.start()
+        await scheduler.retries.start()
+        await scheduler.status.start()
+        resources.push_async_callback(scheduler.status.stop)
+        await scheduler.abandoned.start()
+        resources.push_async_callback(scheduler.abandoned.stop)
         await scheduler.dispatcher.start()
         stop = asyncio.Event()
         scheduler.loops = [
             asyncio.create_task(scheduler.projection.run(stop), name="projection"),
             asyncio.create_task(scheduler.dispatcher.run(stop), name="dispatcher"),
+            asyncio.create_task(scheduler.retries.run(stop), name="retries"),
+            asyncio.create_task(scheduler.deadlines.run(stop), name="deadlines"),
         ]
         logger.info("ready: prefix %s", settings.subject_prefix)
         try:

@@ -1,4 +1,5 @@
-"""Deciding commands: a SubmitTask becomes a TaskSubmitted event and a work item for a runner.
+"""Deciding commands: a SubmitTask becomes a TaskSubmitted event and a work item for a runner;
+a CancelTask of a pending or running task becomes TaskCancelled.
 
 Contract (at-least-once in, one effect out):
 
@@ -10,10 +11,13 @@ Contract (at-least-once in, one effect out):
   drops as a duplicate inside the window. It republishes only while the task is still pending: once
   a runner has started the task, its work item evidently arrived, and a copy published after the
   duplicate window would run the task twice.
-- A command that fails validation, or names a task another command already submitted, is
-  terminated (never redelivered) and logged at ERROR with the reason; the loop goes on.
-- Failures to reach NATS are not the command's fault: it is nak'ed and redelivered later, up to
-  the consumer's ``max_deliver``.
+- A command that fails validation is kept in the dead-letter stream with the reason, then
+  terminated (never redelivered) and logged at ERROR; the loop goes on. One that names a task
+  another command already submitted is refused the same way, without a dead letter (it was
+  decided, not lost).
+- Failures to reach NATS are not the command's fault: it is nak'ed and redelivered later. At its
+  last delivery (the consumer's ``max_deliver``) a command that still fails is dead-lettered
+  instead, so it can be re-driven once the cause is fixed.
 
 Plain nats-py rather than FastStream: :class:`EventLog` needs the JetStream context of the
 connection the projection also uses, and the durable consumer must be exactly
@@ -34,19 +38,27 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from opspawn_contracts.commands import SubmitTask, decode_command
+from opspawn_contracts.commands import CancelTask, SubmitTask, decode_command
+from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
-from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
+from opspawn_contracts.events import (
+    TaskCancelled,
+    TaskCancelledData,
+    TaskSubmitted,
+    TaskSubmittedData,
+)
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView, evolve
 from opspawn_contracts.work import TaskAssignment
 from scheduler.rejections import describe
+from scheduler.work_queue import deadline, resolved_options
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds before a command whose effects could not be stored is delivered again."""
+CANCEL_ATTEMPTS = 10
 
 
 class CommandRejected(Exception):
@@ -64,11 +76,18 @@ def task_submitted(command: SubmitTask) -> TaskSubmitted:
         task_id=command.task_id,
         correlation_id=command.correlation_id,
         causation_id=command.command_id,
-        data=TaskSubmittedData(task_type=command.task_type, input_data=command.input_data),
+        data=TaskSubmittedData(
+            task_type=command.task_type,
+            input_data=command.input_data,
+            tenant=command.tenant,
+            idempotency_key=command.idempotency_key,
+            request_hash=command.request_hash,
+            options=command.options,
+        ),
     )
 
 
-def first_assignment(submitted: TaskSubmitted) -> TaskAssignment:
+def first_assignment(submitted: TaskSubmitted, *, default_max_attempts: int = 1) -> TaskAssignment:
     """The work item for a task's first attempt, caused by its TaskSubmitted."""
     return TaskAssignment(
         task_id=submitted.task_id,
@@ -77,6 +96,8 @@ def first_assignment(submitted: TaskSubmitted) -> TaskAssignment:
         attempt=1,
         correlation_id=submitted.correlation_id,
         causation_id=submitted.event_id,
+        options=resolved_options(submitted.data.options, default_max_attempts),
+        deadline_at=deadline(submitted.occurred_at, submitted.data.options),
     )
 
 
@@ -97,11 +118,17 @@ class CommandDispatcher:
         *,
         batch_size: int = 16,
         poll_interval: float = 0.5,
+        default_max_attempts: int = 1,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
-        """``poll_interval`` bounds how long one fetch waits, and so how long a stop takes."""
+        """``poll_interval`` bounds how long one fetch waits, and so how long a stop takes;
+        ``default_max_attempts`` goes into work items of tasks that chose none."""
         self._js = js
         self._subjects = subjects
         self._events = EventLog(js, subjects)
+        self._default_max_attempts = default_max_attempts
+        self._dead_letters = dead_letters
+        self._max_deliver = scheduler_commands_consumer(subjects).max_deliver or 0
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -145,7 +172,10 @@ class CommandDispatcher:
         sequence = message.metadata.sequence.stream
         try:
             command = decode_command(message.data)
-            await self.submit(command)
+            if isinstance(command, CancelTask):
+                await self.cancel(command)
+            else:
+                await self.submit(command)
         except ValidationError as error:
             logger.error(
                 "refused command at sequence %d on %s: %s",
@@ -153,21 +183,49 @@ class CommandDispatcher:
                 message.subject,
                 describe(error),
             )
-            await message.term()
+            await self._dead_letter(message, f"not a valid command: {describe(error)}")
         except CommandRejected as error:
             logger.error("refused command at sequence %d: %s", sequence, error)
             await message.term()
         except (nats.errors.Error, TimeoutError) as error:
-            logger.warning(
-                "command at sequence %d (delivery %d) not stored, retrying in %.1f s: %r",
-                sequence,
-                message.metadata.num_delivered,
-                RETRY_DELAY,
-                error,
-            )
-            await message.nak(delay=RETRY_DELAY)
+            await self._not_stored(message, error)
+        except Exception as error:  # a bug in one command must not stop the others
+            logger.exception("command at sequence %d raised unexpectedly", sequence)
+            await self._not_stored(message, error)
         else:
             await message.ack()
+
+    async def _not_stored(self, message: Msg, error: BaseException) -> None:
+        """Redeliver later; at the last delivery, dead-letter instead."""
+        sequence, delivery = message.metadata.sequence.stream, message.metadata.num_delivered
+        if self._max_deliver > 0 and delivery >= self._max_deliver:
+            await self._dead_letter(
+                message, f"handling failed at each of {delivery} deliveries, last: {error!r}"
+            )
+            return
+        logger.warning(
+            "command at sequence %d (delivery %d) not stored, retrying in %.1f s: %r",
+            sequence,
+            delivery,
+            RETRY_DELAY,
+            error,
+        )
+        await message.nak(delay=RETRY_DELAY)
+
+    async def _dead_letter(self, message: Msg, reason: str) -> None:
+        """Keep the command with ``reason`` and terminate it; if it cannot be kept, redeliver."""
+        if self._dead_letters is not None:
+            try:
+                await self._dead_letters.record(DeadLetterSource.COMMANDS, message, reason)
+            except (nats.errors.Error, TimeoutError) as error:
+                logger.warning(
+                    "could not dead-letter command %d, retrying: %r",
+                    message.metadata.sequence.stream,
+                    error,
+                )
+                await message.nak(delay=RETRY_DELAY)
+                return
+        await message.term()
 
     async def submit(self, command: SubmitTask) -> None:
         """Record the task's submission and queue its first attempt; safe to repeat."""
@@ -181,7 +239,41 @@ class CommandDispatcher:
             submitted = stored
         else:
             logger.info("task %s submitted (%s)", command.task_id, command.task_type)
-        await self._queue(first_assignment(submitted))
+        await self._queue(
+            first_assignment(submitted, default_max_attempts=self._default_max_attempts)
+        )
+
+    async def cancel(self, command: CancelTask) -> None:
+        """Record TaskCancelled if the task is pending or running; safe to repeat.
+
+        Appended at the task's current version, so it cannot interleave with a runner's append;
+        on a conflict the history is read again and the decision made afresh.
+        """
+        cancelled = TaskCancelled(
+            event_id=uuid5(command.command_id, "TaskCancelled"),
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            causation_id=command.command_id,
+            data=TaskCancelledData(reason=command.reason),
+        )
+        for _ in range(CANCEL_ATTEMPTS):
+            history = await self._events.task_history(command.task_id)
+            state = current_state(history)
+            if state is None:
+                raise CommandRejected(f"cannot cancel task {command.task_id}: no such task")
+            if state.status.is_terminal:
+                logger.info("cancel of task %s: already %s", command.task_id, state.status)
+                return
+            try:
+                await self._events.append(cancelled, expected_version=history[-1].sequence)
+            except ConcurrencyConflict:
+                continue
+            logger.info("task %s cancelled", command.task_id)
+            return
+        raise CommandRejected(
+            f"cannot cancel task {command.task_id}: "
+            f"its history kept moving ({CANCEL_ATTEMPTS} tries)"
+        )
 
     async def _stored_submission(self, command: SubmitTask) -> TaskSubmitted | None:
         """The TaskSubmitted an earlier delivery of ``command`` stored, if its work is still due.

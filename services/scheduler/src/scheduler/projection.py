@@ -1,26 +1,26 @@
-"""Projecting the events stream into the Postgres read model, each event exactly once.
+"""Projecting the events stream into the Postgres read model, each event exactly once, in batches.
 
 Contract:
 
-- Events are applied in stream order. For each one a single transaction inserts its
-  ``task_events`` row, folds it into its ``tasks`` row with :func:`evolve`, and moves the
-  checkpoint (the ``projection_checkpoints`` row named after the events stream, so several
-  prefixes can share a database) to its sequence.
-- An event at or below the checkpoint has no effect: a redelivery, a restart that re-reads a few
-  events, or a second scheduler projecting the same stream cannot apply anything twice. The
-  checkpoint row stays locked until the transaction ends, which serialises concurrent projectors.
+- Events are applied in stream order, in batches: whatever the ordered consumer has delivered
+  (up to ``batch_size``) goes into one transaction with :meth:`TaskProjector.apply_batch`, which
+  writes the rows and moves the checkpoint together. Under load batches fill up by themselves
+  (events arrive while the previous batch commits); when idle each event commits on its own at
+  once, so batching adds no latency.
+- An event at or below the checkpoint has no effect (see :mod:`opspawn_readmodel.projector`).
 - An event whose payload fails validation, or whose content Postgres refuses to store, is logged
-  at ERROR with its sequence and stepped over: the checkpoint passes it and the next event is
-  projected.
+  at ERROR with its sequence, copied to the dead-letter stream with the reason, and stepped over:
+  the checkpoint passes it and the next event is projected. A batch Postgres refuses is retried
+  one event at a time to find the event at fault, so its neighbours are still projected.
 - Any other database failure (Postgres unreachable, restarting, a missing table) is retried with
-  backoff, the same event again, until it is stored or the projection is stopped: order is never
+  backoff, the same batch again, until it is stored or the projection is stopped: order is never
   given up and no event is skipped because the database was down.
 
 The checkpoint lives in Postgres beside the rows it describes, so NATS keeps no state for the
 projection: each start opens an ordered consumer at checkpoint + 1.
 
-:class:`TaskProjector` is the database half and knows nothing of NATS, so replay tooling can feed
-it events from anywhere, inside transactions of its own.
+:class:`~opspawn_readmodel.projector.TaskProjector` is the database half and knows nothing of NATS;
+replay tooling feeds it events from anywhere, inside transactions of its own.
 """
 
 from __future__ import annotations
@@ -28,141 +28,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.events import Event, decode_event
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.task import TaskView, evolve
-from opspawn_readmodel.tables import projection_checkpoints, task_events, tasks
+from opspawn_readmodel.projector import TaskProjector
 from scheduler.rejections import describe
+
+__all__ = ["Projection", "ProjectionStats", "TaskProjector"]
 
 logger = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
+DEFAULT_BATCH_SIZE = 1000
 IDLE_HEARTBEAT = 1.0
 """Seconds between the server's heartbeats to the ordered consumer. Two missed heartbeats (a NATS
 restart drops the in-memory consumer) make the client recreate it after the last event it got."""
 
 
-class TaskProjector:
-    """Writes events into the read model; every method runs in the caller's transaction.
+@dataclass
+class ProjectionStats:
+    """Counters for the status report (``opspawn status``)."""
 
-    ``name`` keys the checkpoint row; the live projection uses the events stream's name.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def checkpoint(self, connection: AsyncConnection) -> int:
-        """The last sequence applied or stepped over (0 before the first); does not lock."""
-        value = await connection.scalar(
-            select(projection_checkpoints.c.last_sequence).where(
-                projection_checkpoints.c.projection == self.name
-            )
-        )
-        return int(value or 0)
-
-    async def apply(self, connection: AsyncConnection, sequence: int, event: Event) -> bool:
-        """Project ``event``, stored at ``sequence``; ``False`` (no change) if already past it."""
-        if sequence <= await self._lock_checkpoint(connection):
-            return False
-        indexed = await connection.scalar(
-            insert(task_events)
-            .values(
-                sequence=sequence,
-                task_id=event.task_id,
-                event_id=event.event_id,
-                event_type=event.event_type,
-                schema_version=event.schema_version,
-                occurred_at=event.occurred_at,
-                payload=event.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(task_events.c.sequence)
-        )
-        if indexed is None:
-            logger.warning(
-                "event %s (sequence %d) is already in task_events; not applied again",
-                event.event_id,
-                sequence,
-            )
-        else:
-            await self._fold(connection, sequence, event)
-        await self._move_checkpoint(connection, sequence)
-        return True
-
-    async def step_over(self, connection: AsyncConnection, sequence: int) -> bool:
-        """Move the checkpoint past an event that cannot be projected; ``False`` if already past."""
-        if sequence <= await self._lock_checkpoint(connection):
-            return False
-        await self._move_checkpoint(connection, sequence)
-        return True
-
-    async def _fold(self, connection: AsyncConnection, sequence: int, event: Event) -> None:
-        row = (
-            await connection.execute(select(tasks).where(tasks.c.task_id == event.task_id))
-        ).first()
-        state = None if row is None else TaskView.model_validate(row._asdict())
-        new_state = evolve(state, event)
-        if new_state is None:
-            logger.warning(
-                "event %s (sequence %d) is for task %s, which was never submitted",
-                event.event_type,
-                sequence,
-                event.task_id,
-            )
-            return
-        values = new_state.model_dump() | {
-            "status": new_state.status.value,
-            "last_sequence": sequence,
-        }
-        upsert = insert(tasks).values(values)
-        await connection.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[tasks.c.task_id],
-                set_={column: upsert.excluded[column] for column in values if column != "task_id"},
-            )
-        )
-
-    async def _lock_checkpoint(self, connection: AsyncConnection) -> int:
-        await connection.execute(
-            insert(projection_checkpoints)
-            .values(projection=self.name, last_sequence=0, updated_at=func.now())
-            .on_conflict_do_nothing()
-        )
-        value = await connection.scalar(
-            select(projection_checkpoints.c.last_sequence)
-            .where(projection_checkpoints.c.projection == self.name)
-            .with_for_update()
-        )
-        return int(value or 0)
-
-    async def _move_checkpoint(self, connection: AsyncConnection, sequence: int) -> None:
-        await connection.execute(
-            update(projection_checkpoints)
-            .where(projection_checkpoints.c.projection == self.name)
-            .values(last_sequence=sequence, updated_at=func.now())
-        )
+    events_applied: int = 0
+    events_superseded: int = 0
+    events_stepped_over: int = 0
+    batches: int = 0
+    last_batch_size: int = 0
+    last_commit_at: float | None = None
+    """``time.time()`` of the last commit."""
 
 
 class Projection:
     """Follows the events stream from the stored checkpoint and projects every event."""
 
-    def __init__(self, engine: AsyncEngine, js: JetStreamContext, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
+        """``dead_letters`` receives copies of events that cannot be projected (none: only log)."""
         self.projector = TaskProjector(subjects.events_stream)
+        self.stats = ProjectionStats()
         self._engine = engine
         self._js = js
         self._subjects = subjects
+        self._batch_size = batch_size
+        self._dead_letters = dead_letters
         self._position = 0
         self._moved = asyncio.Condition()
         self._subscription: JetStreamContext.PushSubscription | None = None
@@ -173,6 +101,11 @@ class Projection:
     def position(self) -> int:
         """Every event up to this stream sequence is projected or stepped over."""
         return self._position
+
+    async def lag(self) -> int:
+        """Events stored in the stream but not yet projected (raises on a NATS failure)."""
+        info = await self._js.stream_info(self._subjects.events_stream)
+        return max(0, info.state.last_seq - self._position)
 
     async def start(self) -> JetStreamContext.PushSubscription:
         """Read the checkpoint and open an ordered consumer just after it."""
@@ -199,12 +132,15 @@ class Projection:
         return self._subscription
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Project events as they arrive until ``stop`` is set (the event in hand is finished)."""
+        """Project events as they arrive until ``stop`` is set (the batch in hand is finished)."""
         subscription = await self.start()
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while (message := await _next_message(subscription, stopped)) is not None:
-                await self._project(message, stop)
+                batch = [message]
+                while len(batch) < self._batch_size and subscription.pending_msgs > 0:
+                    batch.append(await subscription.next_msg(timeout=None))
+                await self._project(batch, stop)
         finally:
             stopped.cancel()
             self._subscription = None
@@ -220,49 +156,61 @@ class Projection:
                 f"projection reached sequence {self._position}, not {sequence}, in {timeout} s"
             ) from None
 
-    async def _project(self, message: Msg, stop: asyncio.Event) -> None:
-        sequence = message.metadata.sequence.stream
-        event: Event | None
-        try:
-            event = decode_event(message.data)
-        except ValidationError as error:
-            logger.error(
-                "event at sequence %d on %s is not valid, stepping over it: %s",
-                sequence,
-                message.subject,
-                describe(error),
-            )
-            event = None
-        if await self._store(sequence, event, stop):
-            await self._reach(sequence)
+    async def _project(self, messages: list[Msg], stop: asyncio.Event) -> None:
+        batch: list[tuple[int, Event | None]] = []
+        for message in messages:
+            sequence = message.metadata.sequence.stream
+            try:
+                event: Event | None = decode_event(message.data)
+            except ValidationError as error:
+                reason = f"not a valid event: {describe(error)}"
+                logger.error(
+                    "event at sequence %d on %s is not valid, stepping over it: %s",
+                    sequence,
+                    message.subject,
+                    describe(error),
+                )
+                await self._dead_letter(message, reason)
+                event = None
+            batch.append((sequence, event))
+        if await self._store(batch, messages, stop):
+            await self._reach(batch[-1][0])
 
-    async def _store(self, sequence: int, event: Event | None, stop: asyncio.Event) -> bool:
-        """Commit ``event`` (``None``: step over it); ``False`` if stopped before it committed."""
+    async def _store(
+        self, batch: list[tuple[int, Event | None]], messages: list[Msg], stop: asyncio.Event
+    ) -> bool:
+        """Commit ``batch``; ``False`` if stopped before it committed."""
         delay = FIRST_RETRY_DELAY
         while True:
             try:
                 async with self._engine.begin() as connection:
-                    if event is None:
-                        await self.projector.step_over(connection, sequence)
-                    else:
-                        await self.projector.apply(connection, sequence, event)
+                    outcome = await self.projector.apply_batch(connection, batch)
             except DBAPIError as error:
-                if event is not None and _refuses_content(error):
-                    logger.error(
-                        "event at sequence %d cannot be stored, stepping over it: %s",
-                        sequence,
-                        error.orig,
-                    )
-                    event = None
-                    continue
+                if _refuses_content(error):
+                    if len(batch) > 1:
+                        return await self._store_one_by_one(batch, messages, stop)
+                    sequence, event = batch[0]
+                    if event is not None:
+                        logger.error(
+                            "event at sequence %d cannot be stored, stepping over it: %s",
+                            sequence,
+                            error.orig,
+                        )
+                        await self._dead_letter(
+                            messages[0], f"Postgres refused its content: {error.orig}"
+                        )
+                        batch = [(sequence, None)]
+                        continue
                 failure: Exception = error
             except OSError as error:
                 failure = error
             else:
+                self._count(batch, outcome.applied, outcome.superseded)
                 return True
             logger.warning(
-                "cannot write the read model at sequence %d, retrying in %.1f s: %r",
-                sequence,
+                "cannot write the read model at sequences %d-%d, retrying in %.1f s: %r",
+                batch[0][0],
+                batch[-1][0],
                 delay,
                 failure,
             )
@@ -272,6 +220,38 @@ class Projection:
             if stop.is_set():
                 return False
             delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _store_one_by_one(
+        self, batch: list[tuple[int, Event | None]], messages: list[Msg], stop: asyncio.Event
+    ) -> bool:
+        for item, message in zip(batch, messages, strict=True):
+            if not await self._store([item], [message], stop):
+                return False
+            await self._reach(item[0])
+        return True
+
+    def _count(self, batch: list[tuple[int, Event | None]], applied: int, superseded: int) -> None:
+        stats = self.stats
+        stats.events_applied += applied
+        stats.events_superseded += superseded
+        stats.events_stepped_over += sum(1 for _, event in batch if event is None)
+        stats.batches += 1
+        stats.last_batch_size = len(batch)
+        stats.last_commit_at = time.time()
+
+    async def _dead_letter(self, message: Msg, reason: str) -> None:
+        """Best effort: the event stays in the events stream whatever happens here, so a failure
+        to copy it is logged and the projection goes on."""
+        if self._dead_letters is None:
+            return
+        try:
+            await self._dead_letters.record(DeadLetterSource.EVENTS, message, reason)
+        except (NatsError, TimeoutError) as error:
+            logger.warning(
+                "could not copy event %d to the dead letters: %r",
+                message.metadata.sequence.stream,
+                error,
+            )
 
     async def _reach(self, sequence: int) -> None:
         async with self._moved:

@@ -1,8 +1,8 @@
 """How input the scheduler refuses is described in its logs.
 
 Refused input (a command or event that fails validation) is logged at ERROR with one line per
-problem, so an operator can see which field was wrong without a stack trace. Dead-lettering the
-message itself is the next step and belongs here too.
+problem, so an operator can see which field was wrong without a stack trace; the same text is the
+reason its dead letter carries (:mod:`opspawn_contracts.dead_letters`).
 """
 
 from __future__ import annotations

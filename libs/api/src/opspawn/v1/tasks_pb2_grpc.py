@@ -26,10 +26,17 @@ if _version_not_supported:
 
 
 class TaskServiceStub:
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     def __init__(self, channel):
@@ -58,19 +65,38 @@ class TaskServiceStub:
                 request_serializer=opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsRequest.SerializeToString,
                 response_deserializer=opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsResponse.FromString,
                 _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/opspawn.v1.TaskService/CancelTask',
+                request_serializer=opspawn_dot_v1_dot_tasks__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=opspawn_dot_v1_dot_tasks__pb2.CancelTaskResponse.FromString,
+                _registered_method=True)
+        self.WatchTask = channel.unary_stream(
+                '/opspawn.v1.TaskService/WatchTask',
+                request_serializer=opspawn_dot_v1_dot_tasks__pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=opspawn_dot_v1_dot_tasks__pb2.TaskEvent.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     def CreateTask(self, request, context):
         """Submits a task. The gateway assigns the task id, publishes the submit command and waits
         (bounded) for the read model to show the task; if it does not in time, the answer is the
-        pending task built from the command, and GetTask shows it shortly after.
+        pending task built from the command, and GetTask shows it shortly after. With an
+        idempotency key, a retry of the same request returns the same task (replayed = true) and
+        the same key with another request fails with ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,7 +110,7 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Tasks, newest first, optionally only those with one status.
+        """Tasks, newest first, a page at a time (page tokens are stable under inserts), with filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +118,23 @@ class TaskServiceServicer:
 
     def ListTaskEvents(self, request, context):
         """A task's events in the order they were stored (events stream order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTask(self, request, context):
+        """Asks to cancel a pending or running task; the answer is the task as it is now, and it ends
+        CANCELLED shortly after. FAILED_PRECONDITION if the task has already finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTask(self, request, context):
+        """The task's events as they happen, each once and in order, after after_sequence (0: from the
+        first); the stream ends after the task's terminal event. To resume after a disconnect, call
+        again with the last sequence received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +163,16 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     request_deserializer=opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsRequest.FromString,
                     response_serializer=opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsResponse.SerializeToString,
             ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=opspawn_dot_v1_dot_tasks__pb2.CancelTaskRequest.FromString,
+                    response_serializer=opspawn_dot_v1_dot_tasks__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'WatchTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTask,
+                    request_deserializer=opspawn_dot_v1_dot_tasks__pb2.WatchTaskRequest.FromString,
+                    response_serializer=opspawn_dot_v1_dot_tasks__pb2.TaskEvent.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'opspawn.v1.TaskService', rpc_method_handlers)
@@ -129,10 +182,17 @@ def add_TaskServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TaskService:
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     @staticmethod
@@ -233,6 +293,60 @@ class TaskService:
             '/opspawn.v1.TaskService/ListTaskEvents',
             opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsRequest.SerializeToString,
             opspawn_dot_v1_dot_tasks__pb2.ListTaskEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/opspawn.v1.TaskService/CancelTask',
+            opspawn_dot_v1_dot_tasks__pb2.CancelTaskRequest.SerializeToString,
+            opspawn_dot_v1_dot_tasks__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/opspawn.v1.TaskService/WatchTask',
+            opspawn_dot_v1_dot_tasks__pb2.WatchTaskRequest.SerializeToString,
+            opspawn_dot_v1_dot_tasks__pb2.TaskEvent.FromString,
             options,
             channel_credentials,
             insecure,

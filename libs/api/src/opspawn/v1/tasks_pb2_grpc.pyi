@@ -33,10 +33,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TaskServiceStub:
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     @_typing.overload
@@ -46,41 +53,77 @@ class TaskServiceStub:
     CreateTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CreateTaskRequest, _tasks_pb2.CreateTaskResponse]
     """Submits a task. The gateway assigns the task id, publishes the submit command and waits
     (bounded) for the read model to show the task; if it does not in time, the answer is the
-    pending task built from the command, and GetTask shows it shortly after.
+    pending task built from the command, and GetTask shows it shortly after. With an
+    idempotency key, a retry of the same request returns the same task (replayed = true) and
+    the same key with another request fails with ALREADY_EXISTS.
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]
     """One task's current state."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
-    """Tasks, newest first, optionally only those with one status."""
+    """Tasks, newest first, a page at a time (page tokens are stable under inserts), with filters."""
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTaskEventsRequest, _tasks_pb2.ListTaskEventsResponse]
     """A task's events in the order they were stored (events stream order)."""
+    CancelTask: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]
+    """Asks to cancel a pending or running task; the answer is the task as it is now, and it ends
+    CANCELLED shortly after. FAILED_PRECONDITION if the task has already finished.
+    """
+    WatchTask: _grpc.UnaryStreamMultiCallable[_tasks_pb2.WatchTaskRequest, _tasks_pb2.TaskEvent]
+    """The task's events as they happen, each once and in order, after after_sequence (0: from the
+    first); the stream ends after the task's terminal event. To resume after a disconnect, call
+    again with the last sequence received.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CreateTaskRequest, _tasks_pb2.CreateTaskResponse]  # type: ignore[assignment]
     """Submits a task. The gateway assigns the task id, publishes the submit command and waits
     (bounded) for the read model to show the task; if it does not in time, the answer is the
-    pending task built from the command, and GetTask shows it shortly after.
+    pending task built from the command, and GetTask shows it shortly after. With an
+    idempotency key, a retry of the same request returns the same task (replayed = true) and
+    the same key with another request fails with ALREADY_EXISTS.
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.GetTaskResponse]  # type: ignore[assignment]
     """One task's current state."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
-    """Tasks, newest first, optionally only those with one status."""
+    """Tasks, newest first, a page at a time (page tokens are stable under inserts), with filters."""
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTaskEventsRequest, _tasks_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
     """A task's events in the order they were stored (events stream order)."""
+    CancelTask: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    """Asks to cancel a pending or running task; the answer is the task as it is now, and it ends
+    CANCELLED shortly after. FAILED_PRECONDITION if the task has already finished.
+    """
+    WatchTask: _aio.UnaryStreamMultiCallable[_tasks_pb2.WatchTaskRequest, _tasks_pb2.TaskEvent]  # type: ignore[assignment]
+    """The task's events as they happen, each once and in order, after after_sequence (0: from the
+    first); the stream ends after the task's terminal event. To resume after a disconnect, call
+    again with the last sequence received.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Submits, reads and lists agent tasks.
+    """Submits, reads, lists, cancels and follows agent tasks.
 
-    Errors: INVALID_ARGUMENT for malformed input (the message says which field and why),
-    NOT_FOUND for an unknown task id, UNAVAILABLE when the command could not be published (retry).
+    Authentication: metadata "authorization: Bearer <API key>" on every call (unless the gateway
+    runs with its development setting OPSPAWN_DEV_DISABLE_AUTH). Each task belongs to the tenant
+    of the key that created it; other tenants get NOT_FOUND for it, as if it did not exist.
+
+    Errors map one-to-one to the REST API's: INVALID_ARGUMENT (400, malformed input; the message
+    says which field and why), UNAUTHENTICATED (401), PERMISSION_DENIED (403, a read-only key
+    writing), NOT_FOUND (404), ALREADY_EXISTS (409, idempotency key reused with another request),
+    FAILED_PRECONDITION (409, cancelling a finished task), RESOURCE_EXHAUSTED (413), OUT_OF_RANGE
+    (422, above a limit such as the page size or the input size), UNAVAILABLE (503, retry).
     """
 
     @_abc_1.abstractmethod
@@ -91,7 +134,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tasks_pb2.CreateTaskResponse, _abc.Awaitable[_tasks_pb2.CreateTaskResponse]]:
         """Submits a task. The gateway assigns the task id, publishes the submit command and waits
         (bounded) for the read model to show the task; if it does not in time, the answer is the
-        pending task built from the command, and GetTask shows it shortly after.
+        pending task built from the command, and GetTask shows it shortly after. With an
+        idempotency key, a retry of the same request returns the same task (replayed = true) and
+        the same key with another request fails with ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -108,7 +153,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.ListTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListTasksResponse, _abc.Awaitable[_tasks_pb2.ListTasksResponse]]:
-        """Tasks, newest first, optionally only those with one status."""
+        """Tasks, newest first, a page at a time (page tokens are stable under inserts), with filters."""
 
     @_abc_1.abstractmethod
     def ListTaskEvents(
@@ -117,5 +162,26 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.ListTaskEventsResponse, _abc.Awaitable[_tasks_pb2.ListTaskEventsResponse]]:
         """A task's events in the order they were stored (events stream order)."""
+
+    @_abc_1.abstractmethod
+    def CancelTask(
+        self,
+        request: _tasks_pb2.CancelTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.CancelTaskResponse, _abc.Awaitable[_tasks_pb2.CancelTaskResponse]]:
+        """Asks to cancel a pending or running task; the answer is the task as it is now, and it ends
+        CANCELLED shortly after. FAILED_PRECONDITION if the task has already finished.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTask(
+        self,
+        request: _tasks_pb2.WatchTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.TaskEvent], _abc.AsyncIterator[_tasks_pb2.TaskEvent]]:
+        """The task's events as they happen, each once and in order, after after_sequence (0: from the
+        first); the stream ends after the task's terminal event. To resume after a disconnect, call
+        again with the last sequence received.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Benchmarks, one package per topic: ``uv run python -m benchmarks.<topic>.<name>``."""

@@ -1,0 +1,1 @@
+"""agentkit benchmarks: tool-call overhead of the sandbox executors."""

@@ -1,0 +1,1 @@
+"""Gateway benchmarks: ``uv run python -m benchmarks.gateway.submit_throughput``."""

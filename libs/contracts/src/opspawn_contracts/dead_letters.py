@@ -1,0 +1,220 @@
+"""The dead-letter stream: messages a service gave up on, kept with the reason, re-drivable.
+
+A service dead-letters a message that fails validation, or whose handling keeps failing past its
+delivery limit, and then settles the original (terminates it, or steps over it) so it never
+blocks what comes after. The dead letter keeps the original payload byte for byte and says, in
+headers, where it came from (stream, subject, sequence, deliveries), who gave up on it and why.
+
+Writing is idempotent per original message: the dead letter's ``Nats-Msg-Id`` is
+``<stream>:<sequence>``, so a service that dead-letters the same message twice (a crash between
+recording and settling) stores it once.
+
+Re-driving publishes the payload again to its original subject (a new message in the original
+stream, handled afresh) and deletes the dead letter. It is for messages that can succeed now:
+after a fix was deployed, an upcaster registered, or a missing dependency came back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from opspawn_contracts.stream_reading import read_stream
+from opspawn_contracts.streams import DEAD_LETTER_OVERHEAD_BYTES, MAX_MESSAGE_BYTES
+from opspawn_contracts.subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 2000
+MAX_KEPT_PAYLOAD_BYTES = MAX_MESSAGE_BYTES - DEAD_LETTER_OVERHEAD_BYTES
+"""A longer payload is cut to this (and marked): the headers need room below NATS's limit."""
+
+HEADER_REASON = "Opspawn-Dead-Letter-Reason"
+HEADER_SERVICE = "Opspawn-Dead-Letter-Service"
+HEADER_AT = "Opspawn-Dead-Letter-At"
+HEADER_STREAM = "Opspawn-Source-Stream"
+HEADER_SUBJECT = "Opspawn-Source-Subject"
+HEADER_SEQUENCE = "Opspawn-Source-Sequence"
+HEADER_DELIVERIES = "Opspawn-Source-Deliveries"
+HEADER_TRUNCATED = "Opspawn-Payload-Truncated"
+
+
+class DeadLetterSource(StrEnum):
+    COMMANDS = "commands"
+    EVENTS = "events"
+    WORK = "work"
+
+    def stream(self, subjects: Subjects) -> str:
+        return {
+            DeadLetterSource.COMMANDS: subjects.commands_stream,
+            DeadLetterSource.EVENTS: subjects.events_stream,
+            DeadLetterSource.WORK: subjects.work_stream,
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    sequence: int
+    """Position in the dead-letter stream; what ``redrive`` and ``delete`` take."""
+    source: DeadLetterSource
+    reason: str
+    service: str
+    dead_lettered_at: datetime
+    source_stream: str
+    source_subject: str
+    source_sequence: int | None
+    deliveries: int | None
+    payload: bytes
+    truncated: bool
+
+
+def _header_text(value: str) -> str:
+    """A header value: one line, bounded."""
+    line = " ".join(value.split())
+    return line if len(line) <= MAX_REASON_LENGTH else line[: MAX_REASON_LENGTH - 1] + "…"
+
+
+class DeadLetters:
+    def __init__(self, js: JetStreamContext, subjects: Subjects, *, service: str) -> None:
+        """``service`` names the writer in the dead letters it records."""
+        self._js = js
+        self._subjects = subjects
+        self._service = service
+
+    async def record(
+        self, source: DeadLetterSource, message: Msg, reason: str, *, deliveries: int | None = None
+    ) -> int:
+        """Keep ``message`` (delivered from ``source``'s stream) with ``reason``; its dead-letter
+        sequence. Raises :class:`nats.errors.Error` if the dead letter could not be stored, so the
+        caller leaves the original unsettled and it comes back."""
+        metadata = message.metadata
+        return await self.record_payload(
+            source,
+            subject=message.subject,
+            payload=message.data,
+            reason=reason,
+            source_sequence=metadata.sequence.stream,
+            deliveries=deliveries if deliveries is not None else metadata.num_delivered,
+        )
+
+    async def record_payload(
+        self,
+        source: DeadLetterSource,
+        *,
+        subject: str,
+        payload: bytes,
+        reason: str,
+        source_sequence: int | None,
+        deliveries: int | None = None,
+    ) -> int:
+        stream = source.stream(self._subjects)
+        headers = {
+            HEADER_REASON: _header_text(reason),
+            HEADER_SERVICE: _header_text(self._service),
+            HEADER_AT: datetime.now(UTC).isoformat(),
+            HEADER_STREAM: stream,
+            HEADER_SUBJECT: subject,
+        }
+        if source_sequence is not None:
+            headers[HEADER_SEQUENCE] = str(source_sequence)
+            headers["Nats-Msg-Id"] = f"{stream}:{source_sequence}"
+        if deliveries is not None:
+            headers[HEADER_DELIVERIES] = str(deliveries)
+        if len(payload) > MAX_KEPT_PAYLOAD_BYTES:
+            payload = payload[:MAX_KEPT_PAYLOAD_BYTES]
+            headers[HEADER_TRUNCATED] = "true"
+        ack = await self._js.publish(
+            self._subjects.dead_letter(source.value),
+            payload,
+            stream=self._subjects.dead_letters_stream,
+            headers=headers,
+        )
+        logger.info(
+            "kept %s message %s (sequence %s) as dead letter %d: %s",
+            source.value,
+            subject,
+            source_sequence,
+            ack.seq,
+            headers[HEADER_REASON],
+        )
+        return ack.seq
+
+    async def entries(self, source: DeadLetterSource | None = None) -> list[DeadLetter]:
+        """Every dead letter (of ``source``), oldest first."""
+        subject = (
+            self._subjects.all_dead_letters
+            if source is None
+            else self._subjects.dead_letter(source.value)
+        )
+        return [
+            _dead_letter(message)
+            async for message in read_stream(self._js, self._subjects.dead_letters_stream, subject)
+        ]
+
+    async def get(self, sequence: int) -> DeadLetter | None:
+        try:
+            stored = await self._js.get_msg(self._subjects.dead_letters_stream, seq=sequence)
+        except NatsError:
+            return None
+        return _from_parts(sequence, stored.subject or "", stored.headers or {}, stored.data or b"")
+
+    async def count(self) -> int:
+        info = await self._js.stream_info(self._subjects.dead_letters_stream)
+        return info.state.messages
+
+    async def redrive(self, sequence: int) -> int:
+        """Publish dead letter ``sequence`` to its original subject again and delete it; the new
+        message's sequence in its original stream. :class:`LookupError` if there is none."""
+        letter = await self.get(sequence)
+        if letter is None:
+            raise LookupError(f"no dead letter at sequence {sequence}")
+        if letter.truncated:
+            raise ValueError(f"dead letter {sequence} kept only part of its payload; not re-driven")
+        ack = await self._js.publish(
+            letter.source_subject,
+            letter.payload,
+            stream=letter.source_stream,
+            headers={"Nats-Msg-Id": f"redrive:{self._subjects.dead_letters_stream}:{sequence}"},
+        )
+        await self.delete(sequence)
+        logger.info(
+            "re-drove dead letter %d to %s (sequence %d)", sequence, letter.source_subject, ack.seq
+        )
+        return ack.seq
+
+    async def delete(self, sequence: int) -> bool:
+        try:
+            return await self._js.delete_msg(self._subjects.dead_letters_stream, sequence)
+        except NatsError:
+            return False
+
+
+def _dead_letter(message: Msg) -> DeadLetter:
+    return _from_parts(
+        message.metadata.sequence.stream, message.subject, message.headers or {}, message.data
+    )
+
+
+def _from_parts(sequence: int, subject: str, headers: dict[str, str], payload: bytes) -> DeadLetter:
+    source_sequence = headers.get(HEADER_SEQUENCE)
+    deliveries = headers.get(HEADER_DELIVERIES)
+    at = headers.get(HEADER_AT)
+    return DeadLetter(
+        sequence=sequence,
+        source=DeadLetterSource(subject.rsplit(".", 1)[-1]),
+        reason=headers.get(HEADER_REASON, ""),
+        service=headers.get(HEADER_SERVICE, ""),
+        dead_lettered_at=datetime.fromisoformat(at) if at else datetime.fromtimestamp(0, UTC),
+        source_stream=headers.get(HEADER_STREAM, ""),
+        source_subject=headers.get(HEADER_SUBJECT, ""),
+        source_sequence=int(source_sequence) if source_sequence else None,
+        deliveries=int(deliveries) if deliveries else None,
+        payload=payload,
+        truncated=headers.get(HEADER_TRUNCATED) == "true",
+    )

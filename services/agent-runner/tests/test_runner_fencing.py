@@ -1,0 +1,318 @@
+"""Attempts as fencing tokens: takeovers, a slow runner superseded, cancels, retries, deadlines.
+
+Runs the runner in-process with ``app.running`` on a real nats-server; a "crashed" or "slow"
+runner is played by the test with the same contracts (a pull on the shared consumer, the real
+:class:`~agent_runner.event_chain.EventChain`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from pydantic import JsonValue
+from sqlalchemy import text
+
+from agent_runner.app import running
+from agent_runner.event_chain import AttemptSuperseded, EventChain
+from agent_runner.settings import RunnerSettings
+from opspawn_cli.embedded import EmbeddedNats
+from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.events import (
+    TERMINAL_EVENT_TYPES,
+    TaskCancelled,
+    TaskCancelledData,
+    TaskOptions,
+    TaskStarted,
+    TaskStartedData,
+    TaskSubmitted,
+    TaskSubmittedData,
+    ToolCallCompleted,
+    ToolCallCompletedData,
+    utc_now,
+)
+from opspawn_contracts.streams import runner_work_consumer
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.work import TaskAssignment
+from opspawn_readmodel.database import create_engine
+from opspawn_readmodel.projector import TaskProjector
+
+pytestmark = pytest.mark.integration
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := await check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def _settings(nats: EmbeddedNats, subjects: Subjects, runner_id: str) -> RunnerSettings:
+    return RunnerSettings(nats_url=nats.url, subject_prefix=subjects.prefix, runner_id=runner_id)
+
+
+def _short_ack_wait(subjects: Subjects) -> ConsumerConfig:
+    return dataclasses.replace(runner_work_consumer(subjects), ack_wait=1.0)
+
+
+async def _submit(
+    js: JetStreamContext,
+    subjects: Subjects,
+    plan: list[JsonValue],
+    *,
+    options: TaskOptions | None = None,
+    timeout_seconds: float | None = None,
+) -> TaskAssignment:
+    options = options or TaskOptions(timeout_seconds=timeout_seconds)
+    submitted = TaskSubmitted(
+        task_id=uuid4(),
+        correlation_id=uuid4(),
+        data=TaskSubmittedData(task_type="agent_run", input_data={"plan": plan}, options=options),
+    )
+    await EventLog(js, subjects).append(submitted, expected_version=0)
+    assignment = TaskAssignment(
+        task_id=submitted.task_id,
+        task_type="agent_run",
+        input_data={"plan": plan},
+        correlation_id=submitted.correlation_id,
+        causation_id=submitted.event_id,
+        options=options,
+        deadline_at=None
+        if options.timeout_seconds is None
+        else submitted.occurred_at + timedelta(seconds=options.timeout_seconds),
+    )
+    await js.publish(
+        subjects.work("agent_run"),
+        assignment.model_dump_json().encode(),
+        stream=subjects.work_stream,
+        headers={"Nats-Msg-Id": assignment.msg_id()},
+    )
+    return assignment
+
+
+async def _history_with(
+    js: JetStreamContext,
+    subjects: Subjects,
+    task_id: UUID,
+    predicate: Callable[[list[str]], bool],
+    timeout: float = 15,
+) -> list[StoredEvent]:
+    log = EventLog(js, subjects)
+
+    async def matching() -> list[StoredEvent] | None:
+        history = await log.task_history(task_id)
+        return history if predicate([stored.event.event_type for stored in history]) else None
+
+    found: list[StoredEvent] = await _eventually(matching, f"task {task_id}", timeout)
+    return found
+
+
+def _finished(types: list[str]) -> bool:
+    return bool(types) and types[-1] in TERMINAL_EVENT_TYPES | {"TaskAttemptFailed"}
+
+
+async def _work_acked(js: JetStreamContext, subjects: Subjects, timeout: float = 15) -> None:
+    async def empty() -> bool:
+        return (await js.stream_info(subjects.work_stream)).state.messages == 0
+
+    await _eventually(empty, "the work queue to be empty", timeout)
+
+
+def _sleep(seconds: float) -> list[JsonValue]:
+    return [{"tool": "util.sleep", "args": {"seconds": seconds}, "timeout_seconds": 60}]
+
+
+async def test_a_runner_takes_over_the_attempt_of_a_runner_that_stopped_heart_beating(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    config = _short_ack_wait(subjects)
+    crashed = await jetstream.pull_subscribe(
+        subjects.all_work, durable=config.durable_name, stream=subjects.work_stream, config=config
+    )
+    assignment = await _submit(
+        jetstream, subjects, [{"tool": "math.add", "args": {"a": 1, "b": 2}}]
+    )
+    (message,) = await crashed.fetch(1, timeout=5)
+    log = EventLog(jetstream, subjects)
+    await log.append(
+        TaskStarted(
+            task_id=assignment.task_id,
+            correlation_id=assignment.correlation_id,
+            causation_id=assignment.causation_id,
+            data=TaskStartedData(attempt=1, runner_id="crashed"),
+        )
+    )
+
+    async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+    await crashed.unsubscribe()
+
+    starts = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    assert [(s.data.runner_id, s.data.attempt, s.data.supersedes_attempt) for s in starts] == [
+        ("crashed", 1, None),
+        ("runner-a", 2, 1),
+    ]
+    assert history[-1].event.event_type == "TaskCompleted"
+    assert history[-1].event.data.attempt == 2
+    assert message.metadata.num_delivered == 1
+
+
+async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes_nothing(
+    nats_server: EmbeddedNats,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    database_url: str,
+) -> None:
+    config = _short_ack_wait(subjects)
+    slow = await jetstream.pull_subscribe(
+        subjects.all_work, durable=config.durable_name, stream=subjects.work_stream, config=config
+    )
+    assignment = await _submit(jetstream, subjects, _sleep(1.5))
+    await slow.fetch(1, timeout=5)
+    log = EventLog(jetstream, subjects)
+    history = await log.task_history(assignment.task_id)
+    chain = EventChain(log, assignment, after_sequence=history[-1].sequence)
+    started = TaskStarted(**chain.envelope(), data=TaskStartedData(attempt=1, runner_id="slow"))
+    await chain.append(started)
+
+    async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
+        await _history_with(
+            jetstream, subjects, assignment.task_id, lambda types: "ToolCallRequested" in types
+        )
+        late = ToolCallCompleted(
+            **chain.envelope(),
+            data=ToolCallCompletedData(
+                attempt=1,
+                step_index=0,
+                call_id="slow-call",
+                tool="util.sleep",
+                ok=True,
+                result="slept",
+                duration_ms=5000,
+            ),
+        )
+        with pytest.raises(AttemptSuperseded, match="attempt 2 superseded attempt 1"):
+            await chain.append(late)
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+    await slow.unsubscribe()
+
+    rows = [
+        (stored.event.event_type, getattr(stored.event.data, "attempt", None)) for stored in history
+    ]
+    assert rows == [
+        ("TaskSubmitted", None),
+        ("TaskStarted", 1),
+        ("TaskStarted", 2),
+        ("ToolCallRequested", 2),
+        ("ToolCallCompleted", 1),
+        ("ToolCallCompleted", 2),
+        ("AgentStepCompleted", 2),
+        ("TaskCompleted", 2),
+    ]
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await TaskProjector("EVENTS").apply_batch(
+                connection, [(stored.sequence, stored.event) for stored in history]
+            )
+        async with engine.connect() as connection:
+            flags = (
+                await connection.execute(
+                    text("SELECT event_type, attempt, superseded FROM task_events ORDER BY 1")
+                )
+            ).all()
+            output = await connection.scalar(text("SELECT output_data FROM tasks"))
+    finally:
+        await engine.dispose()
+    assert [tuple(row) for row in flags if row[2]] == [("ToolCallCompleted", 1, True)]
+    assert output["steps"][0]["result"] != "slept"
+
+
+async def test_a_cancel_stops_a_running_tool_call_at_once(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    assignment = await _submit(jetstream, subjects, _sleep(30))
+    log = EventLog(jetstream, subjects)
+    async with running(_settings(nats_server, subjects, "runner-a")):
+        history = await _history_with(
+            jetstream, subjects, assignment.task_id, lambda types: types[-1] == "ToolCallRequested"
+        )
+        cancelled_at = time.monotonic()
+        await log.append(
+            TaskCancelled(
+                task_id=assignment.task_id,
+                correlation_id=assignment.correlation_id,
+                data=TaskCancelledData(reason="stop"),
+            ),
+            expected_version=history[-1].sequence,
+        )
+        await _work_acked(jetstream, subjects, timeout=10)
+        stopped_after = time.monotonic() - cancelled_at
+
+    assert stopped_after < 5
+    history = await log.task_history(assignment.task_id)
+    assert history[-1].event.event_type == "TaskCancelled"
+
+
+async def test_a_retryable_failure_with_attempts_left_is_reported_for_the_scheduler(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    plan: list[JsonValue] = [{"tool": "math.divide", "args": {"a": 1, "b": 0}}]
+    retryable = await _submit(jetstream, subjects, plan, options=TaskOptions(max_attempts=2))
+    final = await _submit(jetstream, subjects, plan, options=TaskOptions(max_attempts=1))
+    async with running(_settings(nats_server, subjects, "runner-a")):
+        first = await _history_with(jetstream, subjects, retryable.task_id, _finished)
+        second = await _history_with(jetstream, subjects, final.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    assert first[-1].event.event_type == "TaskAttemptFailed"
+    assert "ZeroDivisionError" in first[-1].event.data.error_message
+    assert second[-1].event.event_type == "TaskFailed"
+
+
+async def test_the_runner_times_the_task_out_at_its_deadline(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    assignment = await _submit(jetstream, subjects, _sleep(30), timeout_seconds=1.0)
+    started = utc_now()
+    async with running(_settings(nats_server, subjects, "runner-a")):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    timed_out = history[-1].event
+    assert timed_out.event_type == "TaskTimedOut"
+    assert timed_out.data.reason == "deadline of 1s exceeded during attempt 1"
+    assert (timed_out.occurred_at - started).total_seconds() < 5
+
+
+async def test_a_copy_of_a_running_attempt_is_dropped_without_running(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """The same attempt queued again after the dedup window: its first delivery runs nothing."""
+    assignment = await _submit(jetstream, subjects, _sleep(1))
+    async with running(_settings(nats_server, subjects, "runner-a")):
+        await _history_with(
+            jetstream, subjects, assignment.task_id, lambda types: "TaskStarted" in types
+        )
+        await jetstream.publish(
+            subjects.work("agent_run"),
+            assignment.model_dump_json().encode(),
+            stream=subjects.work_stream,
+            headers={"Nats-Msg-Id": f"{assignment.msg_id()}:copy"},
+        )
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    assert [stored.event.event_type for stored in history].count("TaskStarted") == 1

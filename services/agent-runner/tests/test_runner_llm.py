@@ -1,0 +1,304 @@
+"""A goal run by the LLM planner in the runner: a scripted model over HTTP, a real MCP proxy.
+
+The runner runs in-process (``app.running``) against a real nats-server; the MCP proxy runs
+in-process too (``mcp_proxy.testing.serve_proxy``) with the toolbox MCP server as its stdio child;
+the model is :class:`~agentkit.scripted_chat_server.ScriptedChatServer`, spoken to over HTTP with
+streaming. The work is put on the queue the way the scheduler does, and the task's events are read
+back from the events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from nats.js import JetStreamContext
+from pydantic import JsonValue
+
+from agent_runner.app import running
+from agent_runner.settings import RunnerSettings
+from agentkit.scripted_chat_server import (
+    ChatRequest,
+    ScriptedChatServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
+from mcp_proxy.config import ProxyConfig, StdioServer
+from mcp_proxy.testing import serve_proxy
+from opspawn_cli.embedded import EmbeddedNats
+from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.events import (
+    TERMINAL_EVENT_TYPES,
+    TaskOptions,
+    TaskSubmitted,
+    TaskSubmittedData,
+)
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.work import TaskAssignment
+
+pytestmark = pytest.mark.integration
+
+TOOLBOX = Path(__file__).parents[3] / "tests" / "mcp_servers" / "toolbox_server.py"
+GOAL = "Add 2 and 3, and echo 'hello'."
+BOTH_TOOLS = ScriptedReply(
+    content="One local tool and one MCP tool.",
+    tool_calls=[
+        ScriptedToolCall("math__add", {"a": 2, "b": 3}, id="call_add"),
+        ScriptedToolCall("toolbox__echo", {"text": "hello"}, id="call_echo"),
+    ],
+)
+
+
+def answer_from_results(request: ChatRequest) -> ScriptedReply:
+    results = request.tool_results()
+    return ScriptedReply(content=f"sum {results['call_add']}, echo {results['call_echo']}")
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := await check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def submit(
+    js: JetStreamContext,
+    subjects: Subjects,
+    input_data: dict[str, JsonValue],
+    options: TaskOptions | None = None,
+) -> UUID:
+    """What the scheduler does: TaskSubmitted, then the assignment on the work queue."""
+    task_id, options = uuid4(), options or TaskOptions()
+    submitted = TaskSubmitted(
+        task_id=task_id,
+        correlation_id=uuid4(),
+        data=TaskSubmittedData(task_type="agent_run", input_data=input_data, options=options),
+    )
+    await EventLog(js, subjects).append(submitted, expected_version=0)
+    assignment = TaskAssignment(
+        task_id=task_id,
+        task_type="agent_run",
+        input_data=input_data,
+        correlation_id=submitted.correlation_id,
+        causation_id=submitted.event_id,
+        options=options,
+    )
+    await js.publish(
+        subjects.work("agent_run"),
+        assignment.model_dump_json().encode(),
+        stream=subjects.work_stream,
+        headers={"Nats-Msg-Id": assignment.msg_id()},
+    )
+    return task_id
+
+
+async def finished(js: JetStreamContext, subjects: Subjects, task_id: UUID) -> list[StoredEvent]:
+    log = EventLog(js, subjects)
+
+    async def terminal() -> list[StoredEvent] | None:
+        history = await log.task_history(task_id)
+        return history if history and history[-1].event.event_type in TERMINAL_EVENT_TYPES else None
+
+    history: list[StoredEvent] = await _eventually(terminal, f"task {task_id} to finish")
+    return history
+
+
+def outline(history: list[StoredEvent]) -> list[tuple[str, dict[str, Any]]]:
+    """Event types with the data that matters here (no attempt, duration or runner id)."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for stored in history[1:]:
+        data = stored.event.data.model_dump(mode="json", exclude={"attempt", "runner_id"})
+        if "duration_ms" in data:
+            assert data.pop("duration_ms") >= 0
+        rows.append((stored.event.event_type, data))
+    return rows
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[ScriptedChatServer]:
+    async with ScriptedChatServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def system(
+    nats_server: EmbeddedNats, subjects: Subjects, chat: ScriptedChatServer
+) -> AsyncIterator[RunnerSettings]:
+    """The MCP proxy with the toolbox server, and a runner whose model is ``chat``."""
+    config = ProxyConfig(
+        servers={"toolbox": StdioServer(command=sys.executable, args=[str(TOOLBOX)])}
+    )
+    settings = RunnerSettings(
+        nats_url=nats_server.url,
+        subject_prefix=subjects.prefix,
+        runner_id="llm-runner",
+        shutdown_grace_seconds=1,
+        tool_allowlist=["math.*", "toolbox.echo", "toolbox.word_count"],
+        llm_base_url=chat.base_url,
+        llm_model="scripted-model",
+        llm_api_key="sk-runner-test",
+        llm_stream=True,
+        llm_max_retries=1,
+    )
+    async with serve_proxy(nats_server.url, subjects, config) as proxy:
+        await proxy.wait_for_status("toolbox", connected=True)
+        async with running(settings):
+            yield settings
+
+
+async def test_a_goal_runs_a_local_and_an_mcp_tool_then_answers(
+    system: RunnerSettings,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    chat.add(BOTH_TOOLS, answer_from_results)
+    task_id = await submit(jetstream, subjects, {"goal": GOAL})
+
+    history = await finished(jetstream, subjects, task_id)
+
+    assert outline(history) == [
+        ("TaskStarted", {}),
+        (
+            "ToolCallRequested",
+            {
+                "step_index": 0,
+                "call_id": "call_add",
+                "tool": "math.add",
+                "arguments": {"a": 2, "b": 3},
+            },
+        ),
+        (
+            "ToolCallCompleted",
+            {
+                "step_index": 0,
+                "call_id": "call_add",
+                "tool": "math.add",
+                "ok": True,
+                "result": 5,
+                "error": None,
+            },
+        ),
+        (
+            "ToolCallRequested",
+            {
+                "step_index": 0,
+                "call_id": "call_echo",
+                "tool": "toolbox.echo",
+                "arguments": {"text": "hello"},
+            },
+        ),
+        (
+            "ToolCallCompleted",
+            {
+                "step_index": 0,
+                "call_id": "call_echo",
+                "tool": "toolbox.echo",
+                "ok": True,
+                "result": "hello",
+                "error": None,
+            },
+        ),
+        (
+            "AgentStepCompleted",
+            {
+                "step_index": 0,
+                "tool_call_ids": ["call_add", "call_echo"],
+                "message": "One local tool and one MCP tool.",
+            },
+        ),
+        (
+            "TaskCompleted",
+            {
+                "output_data": {
+                    "steps": [
+                        {"tool": "math.add", "args": {"a": 2, "b": 3}, "result": 5},
+                        {"tool": "toolbox.echo", "args": {"text": "hello"}, "result": "hello"},
+                    ],
+                    "result": 'sum 5, echo "hello"',
+                }
+            },
+        ),
+    ]
+    first, second = chat.requests
+    assert first.headers["authorization"] == "Bearer sk-runner-test"
+    assert (first.body["model"], first.body["stream"]) == ("scripted-model", True)
+    assert first.messages[1] == {"role": "user", "content": GOAL}
+    assert first.tool_names == [
+        "math__add",
+        "math__divide",
+        "math__multiply",
+        "math__subtract",
+        "toolbox__echo",
+        "toolbox__word_count",
+    ]
+    echo = next(tool for tool in first.body["tools"] if tool["function"]["name"] == "toolbox__echo")
+    assert echo["function"]["parameters"]["required"] == ["text"]
+    assert second.tool_results() == {"call_add": "5", "call_echo": '"hello"'}
+
+
+async def test_the_task_allowlist_narrows_the_offer_and_refuses_other_calls(
+    system: RunnerSettings,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    chat.add(ScriptedReply(content="I can only add."))
+    options = TaskOptions(allowed_tools=["math.add"])
+    await finished(jetstream, subjects, await submit(jetstream, subjects, {"goal": GOAL}, options))
+    assert chat.requests[0].tool_names == ["math__add"]
+
+    plan: list[JsonValue] = [{"tool": "toolbox.echo", "args": {"text": "hi"}}]
+    history = await finished(
+        jetstream, subjects, await submit(jetstream, subjects, {"plan": plan}, options)
+    )
+    refusal = "tool 'toolbox.echo' is not in this task's allowed_tools (math.add)"
+    assert outline(history)[2:] == [
+        (
+            "ToolCallCompleted",
+            {
+                "step_index": 0,
+                "call_id": "plan-0",
+                "tool": "toolbox.echo",
+                "ok": False,
+                "result": None,
+                "error": refusal,
+            },
+        ),
+        (
+            "TaskFailed",
+            {
+                "error_message": f"step 1 (toolbox.echo) failed: {refusal}",
+                "output_data": {"steps": []},
+            },
+        ),
+    ]
+
+
+async def test_a_model_server_that_refuses_fails_the_task_saying_why(
+    system: RunnerSettings,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    chat.add(ScriptedReply(status=401, body=b'{"error": {"message": "Incorrect API key"}}'))
+    history = await finished(jetstream, subjects, await submit(jetstream, subjects, {"goal": GOAL}))
+    assert outline(history) == [
+        ("TaskStarted", {}),
+        (
+            "TaskFailed",
+            {
+                "error_message": f"the model server at {chat.base_url}/chat/completions refused "
+                "the request: HTTP 401: Incorrect API key",
+                "output_data": {"steps": []},
+            },
+        ),
+    ]

@@ -1,0 +1,121 @@
+"""Work no runner survives: a work item at ``max_deliver`` is dead-lettered and its task failed.
+
+Each redelivery of a work item means its runner stopped heart-beating (died or froze) or gave it
+back. A task that kills every runner that takes it (a poison task: it exhausts memory, crashes the
+interpreter) would otherwise take runners down until JetStream stops delivering it, and then sit
+``running`` for ever. JetStream announces that moment with a ``MAX_DELIVERIES`` advisory; the
+scheduler answers it by keeping the work item in the dead-letter stream with the reason, failing
+the task (TaskFailed, decided from fresh history, so a task that did finish is left alone), and
+deleting the item from the work queue.
+
+The advisory is a core NATS message: one sent while no scheduler listens is not repeated. Such a
+task still ends at its deadline, if it has one, and its work item can be found in the work stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from uuid import uuid5
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
+from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.events import Event, TaskFailed, TaskFailedData
+from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import TaskView
+from opspawn_contracts.work import TaskAssignment
+from scheduler.task_decisions import HistoryKeptMoving, append_decision
+
+logger = logging.getLogger(__name__)
+
+
+def abandoned_message(deliveries: int) -> str:
+    return (
+        f"abandoned: its work was delivered {deliveries} times and every runner that took it "
+        "stopped before finishing (crashed, killed or frozen)"
+    )
+
+
+class AbandonedWork:
+    def __init__(
+        self, client: NatsClient, js: JetStreamContext, subjects: Subjects, letters: DeadLetters
+    ) -> None:
+        self.tasks_failed = 0
+        self._client = client
+        self._js = js
+        self._subjects = subjects
+        self._letters = letters
+        self._log = EventLog(js, subjects)
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._client.subscribe(
+            self._subjects.work_max_deliveries_advisory,
+            queue=f"{self._subjects.prefix}-scheduler",
+            cb=self._on_advisory,
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def _on_advisory(self, advisory: Msg) -> None:
+        try:
+            notice = json.loads(advisory.data)
+            sequence, deliveries = int(notice["stream_seq"]), int(notice["deliveries"])
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("unreadable max-deliveries advisory %r: %r", advisory.data[:200], error)
+            return
+        try:
+            await self.handle(sequence, deliveries)
+        except (nats.errors.Error, TimeoutError, HistoryKeptMoving) as error:
+            logger.error("work item %d reached max_deliver; handling failed: %r", sequence, error)
+
+    async def handle(self, sequence: int, deliveries: int) -> None:
+        """Dead-letter work item ``sequence``, fail its task, delete the item."""
+        try:
+            stored = await self._js.get_msg(self._subjects.work_stream, seq=sequence)
+        except nats.errors.Error:
+            logger.info("work item %d reached max_deliver but is gone already", sequence)
+            return
+        payload = stored.data or b""
+        reason = abandoned_message(deliveries)
+        await self._letters.record_payload(
+            DeadLetterSource.WORK,
+            subject=stored.subject or "",
+            payload=payload,
+            reason=reason,
+            source_sequence=sequence,
+            deliveries=deliveries,
+        )
+        try:
+            assignment = TaskAssignment.model_validate_json(payload)
+        except ValidationError:
+            assignment = None
+        if assignment is not None:
+            await self._fail(assignment, reason)
+        await self._js.delete_msg(self._subjects.work_stream, sequence)
+
+    async def _fail(self, assignment: TaskAssignment, reason: str) -> None:
+        def decide(state: TaskView | None, history: list[StoredEvent]) -> Event | None:
+            if state is None or state.status.is_terminal:
+                return None
+            return TaskFailed(
+                event_id=uuid5(assignment.causation_id, "abandoned"),
+                task_id=assignment.task_id,
+                correlation_id=assignment.correlation_id,
+                causation_id=history[-1].event.event_id,
+                data=TaskFailedData(attempt=state.attempt, error_message=reason),
+            )
+
+        if await append_decision(self._log, assignment.task_id, decide) is not None:
+            self.tasks_failed += 1
+            logger.error("task %s failed: %s", assignment.task_id, reason)

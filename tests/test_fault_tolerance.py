@@ -1,0 +1,254 @@
+"""Retries, deadlines, cancellation, a killed runner and poison messages, on the whole system.
+
+Every service runs as its own process (``LocalSystem``, as ``opspawn up`` runs them) on a real
+nats-server and PostgreSQL, with timings shortened through environment variables: runners must
+heart-beat every 2 s (``ack_wait``), retries back off from 0.2 s, deadlines are checked every
+0.2 s. Waiting is always polling with a bounded deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from nats.js import JetStreamContext
+
+from opspawn_cli.demo import wait_terminal
+from opspawn_cli.embedded import EmbeddedNats, free_port
+from opspawn_cli.settings import CliSettings
+from opspawn_cli.system import LocalSystem
+from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
+from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.events import (
+    TaskAttemptFailed,
+    TaskCompleted,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskTimedOut,
+)
+from opspawn_contracts.subjects import Subjects
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+FAST_TIMINGS = {
+    "OPSPAWN_WORK_ACK_WAIT_SECONDS": "2",
+    "OPSPAWN_RETRY_BASE_DELAY_SECONDS": "0.2",
+    "OPSPAWN_RETRY_MAX_DELAY_SECONDS": "1",
+    "OPSPAWN_DEADLINE_CHECK_INTERVAL_SECONDS": "0.2",
+    "OPSPAWN_SHUTDOWN_GRACE_SECONDS": "1",
+}
+
+
+@pytest.fixture
+async def fast_system(
+    nats_server: EmbeddedNats,
+    database_url: str,
+    subjects: Subjects,
+    mcp_config: Path,
+    tmp_path: Path,
+) -> AsyncIterator[LocalSystem]:
+    settings = CliSettings(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        subject_prefix=subjects.prefix,
+        mcp_config=mcp_config,
+        data_dir=tmp_path / "data",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        runners=2,
+    )
+    async with LocalSystem(settings, service_env=FAST_TIMINGS) as running:
+        yield running
+
+
+@pytest.fixture
+async def rest(fast_system: LocalSystem) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=fast_system.rest_url, timeout=10) as client:
+        yield client
+
+
+async def _submit(rest: httpx.AsyncClient, plan: list[dict[str, Any]], **options: Any) -> UUID:
+    response = await rest.post(
+        "/v1/tasks",
+        json={"task_type": "agent_run", "input_data": {"plan": plan}, "options": options},
+    )
+    assert response.status_code == 202, response.text
+    return UUID(response.json()["task_id"])
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := await check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def _history_until(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    task_id: UUID,
+    done: Callable[[list[StoredEvent]], bool],
+    what: str,
+) -> list[StoredEvent]:
+    log = EventLog(jetstream, subjects)
+
+    async def history() -> list[StoredEvent] | None:
+        found = await log.task_history(task_id)
+        return found if done(found) else None
+
+    result: list[StoredEvent] = await _eventually(history, what)
+    return result
+
+
+async def test_a_tool_that_fails_twice_completes_on_the_third_attempt(
+    rest: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    key = uuid.uuid4().hex
+    plan = [{"tool": "toolbox.flaky", "args": {"key": key, "failures": 2}}]
+    task_id = await _submit(rest, plan, max_attempts=3)
+
+    task = await wait_terminal(rest, str(task_id), timeout=60)
+
+    assert task["status"] == "completed", task
+    assert task["output_data"]["result"] == "succeeded at call 3"
+    history = [stored.event for stored in await EventLog(jetstream, subjects).task_history(task_id)]
+    started = [event.data.attempt for event in history if isinstance(event, TaskStarted)]
+    failed = [event for event in history if isinstance(event, TaskAttemptFailed)]
+    retries = [event for event in history if isinstance(event, TaskRetryScheduled)]
+    [completed] = [event for event in history if isinstance(event, TaskCompleted)]
+    assert started == [1, 2, 3]
+    assert [event.data.attempt for event in failed] == [1, 2]
+    assert [event.data.attempt for event in retries] == [2, 3]
+    for number, retry in enumerate(retries, start=1):
+        assert f"attempt {number} failed" in retry.data.reason
+        assert f"flaky failure {number} of 2" in retry.data.reason
+        assert 0 < retry.data.delay_seconds <= 0.2 * 2 ** (number - 1)
+        assert retry.data.not_before > retry.occurred_at
+        assert retry.causation_id == failed[number - 1].event_id
+    assert completed.data.attempt == 3
+
+
+async def test_a_task_past_its_deadline_fails_with_a_timeout(
+    rest: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    plan = [{"tool": "toolbox.slow", "args": {"seconds": 30}, "timeout_seconds": 60}]
+    started = time.monotonic()
+    task_id = await _submit(rest, plan, timeout_seconds=1.5)
+
+    task = await wait_terminal(rest, str(task_id), timeout=30)
+
+    assert task["status"] == "failed", task
+    assert "deadline of 1.5s exceeded" in task["error_message"]
+    assert time.monotonic() - started < 15
+    history = [stored.event for stored in await EventLog(jetstream, subjects).task_history(task_id)]
+    [timed_out] = [event for event in history if isinstance(event, TaskTimedOut)]
+    assert timed_out.data.timeout_seconds == 1.5
+    assert history[-1] == timed_out
+
+
+async def test_cancelling_a_running_task_stops_its_runner_mid_call(
+    rest: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    plan = [{"tool": "util.sleep", "args": {"seconds": 30}, "timeout_seconds": 60}]
+    task_id = await _submit(rest, plan)
+    await _history_until(
+        jetstream,
+        subjects,
+        task_id,
+        lambda history: history[-1].event.event_type == "ToolCallRequested",
+        "the sleep to start",
+    )
+    cancelled_at = time.monotonic()
+
+    response = await rest.post(f"/v1/tasks/{task_id}/cancel", json={"reason": "no longer needed"})
+    assert response.status_code == 202, response.text
+    task = await wait_terminal(rest, str(task_id), timeout=30)
+
+    assert (task["status"], task["error_message"]) == ("cancelled", "no longer needed")
+
+    async def work_acknowledged() -> bool:
+        return (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
+
+    await _eventually(work_acknowledged, "the runner to give up the cancelled task", timeout=10)
+    assert time.monotonic() - cancelled_at < 10
+    history = await EventLog(jetstream, subjects).task_history(task_id)
+    assert history[-1].event.event_type == "TaskCancelled"
+
+
+async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
+    fast_system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    plan: list[dict[str, Any]] = [
+        {"tool": "util.sleep", "args": {"seconds": 3}, "timeout_seconds": 30},
+        {"tool": "math.add", "args": {"a": 20, "b": 22}},
+    ]
+    task_id = await _submit(rest, plan)
+    history = await _history_until(
+        jetstream,
+        subjects,
+        task_id,
+        lambda history: history[-1].event.event_type == "ToolCallRequested",
+        "the first step to start",
+    )
+    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    victim = f"agent-{first.data.runner_id}"
+    assert fast_system.supervisor is not None
+
+    fast_system.supervisor.kill(victim)
+    task = await wait_terminal(rest, str(task_id), timeout=60)
+
+    assert task["status"] == "completed", task
+    assert task["output_data"]["result"] == 42
+    events = [stored.event for stored in await EventLog(jetstream, subjects).task_history(task_id)]
+    starts = [event for event in events if isinstance(event, TaskStarted)]
+    assert [(event.data.attempt, event.data.supersedes_attempt) for event in starts] == [
+        (1, None),
+        (2, 1),
+    ]
+    [completed] = [event for event in events if isinstance(event, TaskCompleted)]
+    assert completed.data.attempt == 2
+    assert fast_system.supervisor.restarts(victim) == 1
+
+
+async def test_malformed_messages_are_dead_lettered_and_the_next_task_completes(
+    rest: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    command = await jetstream.publish(
+        subjects.command("submit"),
+        b'{"command_type": "submit", "task_id": "not-a-uuid"}',
+        stream=subjects.commands_stream,
+    )
+    work = await jetstream.publish(
+        subjects.work("agent_run"), b"\x00 not a work item", stream=subjects.work_stream
+    )
+
+    task_id = await _submit(rest, [{"tool": "math.multiply", "args": {"a": 6, "b": 7}}])
+    task = await wait_terminal(rest, str(task_id), timeout=30)
+
+    assert (task["status"], task["output_data"]["result"]) == ("completed", 42)
+    letters = DeadLetters(jetstream, subjects, service="test")
+
+    async def both_kept() -> list[Any] | None:
+        entries = await letters.entries()
+        return entries if len(entries) == 2 else None
+
+    entries = await _eventually(both_kept, "two dead letters")
+    by_source = {entry.source: entry for entry in entries}
+    assert by_source[DeadLetterSource.COMMANDS].source_sequence == command.seq
+    assert "not a valid command" in by_source[DeadLetterSource.COMMANDS].reason
+    assert "task_id" in by_source[DeadLetterSource.COMMANDS].reason
+    assert by_source[DeadLetterSource.COMMANDS].service == "scheduler"
+    assert by_source[DeadLetterSource.WORK].source_sequence == work.seq
+    assert "not a valid TaskAssignment" in by_source[DeadLetterSource.WORK].reason
+    assert by_source[DeadLetterSource.WORK].payload == b"\x00 not a work item"
