@@ -29,7 +29,6 @@ handles commands one at a time in stream order, which FastStream's concurrent ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from uuid import uuid5
 
@@ -51,6 +50,7 @@ from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView, evolve
 from opspawn_contracts.work import TaskAssignment
+from scheduler.pull_loop import pull_until_stopped
 from scheduler.rejections import describe
 from scheduler.work_queue import deadline, resolved_options
 
@@ -148,21 +148,14 @@ class CommandDispatcher:
         """Handle commands until ``stop`` is set; the batch in hand is finished first."""
         subscription = await self.start()
         try:
-            while not stop.is_set():
-                try:
-                    messages = await subscription.fetch(
-                        self._batch_size, timeout=self._poll_interval
-                    )
-                except TimeoutError:  # nats-py raises both its own and asyncio's: nothing came
-                    continue
-                except nats.errors.Error as error:
-                    logger.warning("fetching commands failed, trying again: %r", error)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._poll_interval):
-                            await stop.wait()
-                    continue
-                for message in messages:
-                    await self.handle(message)
+            await pull_until_stopped(
+                subscription,
+                self.handle,
+                stop,
+                batch_size=self._batch_size,
+                poll_interval=self._poll_interval,
+                what="commands",
+            )
         finally:
             self._subscription = None
             await subscription.unsubscribe()

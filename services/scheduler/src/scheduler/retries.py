@@ -20,7 +20,6 @@ the dead letters; one whose handling keeps failing goes there after :data:`MAX_H
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.streams import scheduler_decisions_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView
+from scheduler.pull_loop import pull_until_stopped
 from scheduler.rejections import describe
 from scheduler.task_decisions import HistoryKeptMoving, RetryPolicy, append_decision, fold
 from scheduler.work_queue import assignment_for, queue
@@ -107,21 +107,14 @@ class Retries:
         """Decide until ``stop`` is set; the batch in hand is finished first."""
         subscription = await self.start()
         try:
-            while not stop.is_set():
-                try:
-                    messages = await subscription.fetch(
-                        self._batch_size, timeout=self._poll_interval
-                    )
-                except TimeoutError:  # nats-py raises both its own and asyncio's: nothing came
-                    continue
-                except nats.errors.Error as error:
-                    logger.warning("fetching decisions failed, trying again: %r", error)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._poll_interval):
-                            await stop.wait()
-                    continue
-                for message in messages:
-                    await self.handle(message)
+            await pull_until_stopped(
+                subscription,
+                self.handle,
+                stop,
+                batch_size=self._batch_size,
+                poll_interval=self._poll_interval,
+                what="decisions",
+            )
         finally:
             self._subscription = None
             await subscription.unsubscribe()
