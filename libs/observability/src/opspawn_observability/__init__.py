@@ -1,0 +1,1 @@
+"""Operability shared by every Opspawn service: traces, metrics and logs."""
