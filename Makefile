@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: up test lint typecheck sync proto
+.PHONY: up test lint typecheck sync proto asyncapi
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools
@@ -31,3 +31,6 @@ test: lint typecheck
 
 proto: sync
 	$(UV) run --frozen python scripts/generate_proto.py
+
+asyncapi: sync
+	$(UV) run --frozen python scripts/generate_asyncapi.py

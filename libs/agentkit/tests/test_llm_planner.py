@@ -134,6 +134,7 @@ async def test_the_model_calls_two_tools_at_once_then_answers_from_their_results
         "math__divide",
         "math__multiply",
         "math__subtract",
+        "util__noop",
         "util__sleep",
     ]
     add_tool = first.body["tools"][0]["function"]
@@ -193,7 +194,8 @@ async def test_a_failed_call_goes_back_to_the_model_which_carries_on(
         (
             ScriptedToolCall("math__power", {"a": 2}, id="bad"),
             "error: unknown tool 'math__power'; not run. The tools are: math__add, "
-            "math__divide, math__multiply, math__subtract, util__sleep. Call it again correctly.",
+            "math__divide, math__multiply, math__subtract, util__noop, util__sleep. Call it again "
+            "correctly.",
         ),
     ],
     ids=["malformed-json", "not-an-object", "unknown-tool"],

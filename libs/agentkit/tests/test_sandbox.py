@@ -100,6 +100,7 @@ async def test_builtin_tools_run_in_a_separate_process() -> None:
     assert await _call(tools, "math.divide", {"a": 7, "b": 2}) == 3.5
     with pytest.raises(ToolRaised, match=r"^ZeroDivisionError: division by zero$"):
         await _call(tools, "math.divide", {"a": 7.5, "b": 0})
+    assert await _call(tools, "util.noop", {}) is None
 
 
 async def test_timeout_kills_the_tool_and_its_children_and_reaps_them(

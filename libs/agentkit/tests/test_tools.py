@@ -34,6 +34,7 @@ def test_the_builtin_registry_lists_tools_by_name_with_schemas() -> None:
         "math.divide",
         "math.multiply",
         "math.subtract",
+        "util.noop",
         "util.sleep",
     ]
     assert registry.namespaces == {"math", "util"}
@@ -95,6 +96,15 @@ def test_arguments_are_checked_against_the_input_model() -> None:
     with pytest.raises(InvalidArguments, match="a: Input should be a number"):
         tool.validate_arguments({"a": True, "b": 1})
     assert Operands.model_json_schema()["additionalProperties"] is False
+
+
+def test_the_noop_tool_takes_no_arguments_and_returns_null() -> None:
+    noop = builtin_registry().get("util.noop")
+    assert noop.validate_arguments({}) == {}
+    with pytest.raises(InvalidArguments, match="x: Extra inputs are not permitted"):
+        noop.validate_arguments({"x": 1})
+    assert noop.spec().output_schema == {"type": "null"}
+    assert noop.validate_result(None) is None
 
 
 def test_results_are_checked_against_the_output_type() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -94,7 +95,13 @@ async def test_the_process_gets_ready_runs_a_task_and_exits_0_on_sigterm(
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0, output.decode()
     lines = output.decode().splitlines()
-    assert any("agent-runner[process-runner] INFO" in line and "ready" in line for line in lines)
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(
+        (record["service"], record.get("instance"), record["level"])
+        == ("agent-runner", "process-runner", "info")
+        and record["message"].startswith("ready")
+        for record in records
+    )
     assert any("stopped" in line for line in lines)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -25,7 +25,13 @@ from agent_runner.execution import NO_PLAN_MESSAGE
 from agent_runner.settings import RunnerSettings
 from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.event_log import EventLog, StoredEvent
-from opspawn_contracts.events import TERMINAL_EVENT_TYPES, TaskSubmitted, TaskSubmittedData
+from opspawn_contracts.events import (
+    TERMINAL_EVENT_TYPES,
+    TaskCancelled,
+    TaskCancelledData,
+    TaskSubmitted,
+    TaskSubmittedData,
+)
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 
@@ -76,22 +82,30 @@ async def runner(
 
 
 async def submit(
-    js: JetStreamContext, subjects: Subjects, input_data: dict[str, JsonValue]
+    js: JetStreamContext,
+    subjects: Subjects,
+    input_data: dict[str, JsonValue],
+    *,
+    after_sequence: Callable[[int], int | None] = lambda _: None,
 ) -> tuple[UUID, TaskSubmitted]:
-    """Do what the scheduler does: TaskSubmitted, then the assignment on the work queue."""
+    """Do what the scheduler does: TaskSubmitted, then the assignment on the work queue.
+
+    ``after_sequence`` maps TaskSubmitted's stream sequence to the assignment's
+    ``after_sequence`` (the scheduler sets it to that sequence; by default it is left out)."""
     task_id = uuid4()
     submitted = TaskSubmitted(
         task_id=task_id,
         correlation_id=uuid4(),
         data=TaskSubmittedData(task_type="agent_run", input_data=input_data),
     )
-    await EventLog(js, subjects).append(submitted, expected_version=0)
+    sequence = await EventLog(js, subjects).append(submitted, expected_version=0)
     assignment = TaskAssignment(
         task_id=task_id,
         task_type="agent_run",
         input_data=input_data,
         correlation_id=submitted.correlation_id,
         causation_id=submitted.event_id,
+        after_sequence=after_sequence(sequence),
     )
     await js.publish(
         subjects.work("agent_run"),
@@ -218,6 +232,73 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
         ),
     ]
     assert_one_chain(history, submitted)
+
+
+@pytest.mark.parametrize(
+    "after_sequence",
+    [lambda sequence: sequence, lambda sequence: sequence + 1000],
+    ids=["where-the-history-ends", "stale"],
+)
+async def test_a_work_item_knowing_where_the_history_ended_runs_once(
+    runner: RunnerSettings,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    after_sequence: Callable[[int], int],
+) -> None:
+    """The runner starts at the item's ``after_sequence`` without reading the history; an item
+    whose sequence does not match the history falls back to reading it and still runs once."""
+    task_id, submitted = await submit(
+        jetstream, subjects, {"plan": [ADD]}, after_sequence=after_sequence
+    )
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert [event_type for event_type, _ in summary(history)] == [
+        "TaskSubmitted",
+        "TaskStarted",
+        "ToolCallRequested",
+        "ToolCallCompleted",
+        "AgentStepCompleted",
+        "TaskCompleted",
+    ]
+    assert history[1].sequence > history[0].sequence
+    assert_one_chain(history, submitted)
+
+
+async def test_a_work_item_for_a_task_cancelled_since_it_was_queued_does_not_run(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """The item's ``after_sequence`` no longer matches (TaskCancelled came after it); the runner
+    reads the history, finds the task finished and acknowledges the item without running it."""
+    task_id, submitted = await submit(
+        jetstream, subjects, {"plan": [ADD]}, after_sequence=lambda sequence: sequence
+    )
+    cancelled = TaskCancelled(
+        task_id=task_id,
+        correlation_id=submitted.correlation_id,
+        causation_id=submitted.event_id,
+        data=TaskCancelledData(reason="changed my mind"),
+    )
+    log = EventLog(jetstream, subjects)
+    await log.append(cancelled, expected_version=(await log.task_history(task_id))[-1].sequence)
+    settings = RunnerSettings(
+        nats_url=nats_server.url, subject_prefix=subjects.prefix, runner_id=RUNNER_ID
+    )
+    stop = asyncio.Event()
+    service = asyncio.create_task(run(settings, stop))
+
+    async def acked() -> bool:
+        if service.done():
+            service.result()
+        return (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
+
+    await _eventually(acked, "the work message to be acknowledged")
+    stop.set()
+    await asyncio.wait_for(service, timeout=15)
+    assert [stored.event.event_type for stored in await log.task_history(task_id)] == [
+        "TaskSubmitted",
+        "TaskCancelled",
+    ]
 
 
 @pytest.mark.parametrize(

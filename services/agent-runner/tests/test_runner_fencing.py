@@ -181,8 +181,8 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
     assignment = await _submit(jetstream, subjects, _sleep(1.5))
     await slow.fetch(1, timeout=5)
     log = EventLog(jetstream, subjects)
-    history = await log.task_history(assignment.task_id)
-    chain = EventChain(log, assignment, after_sequence=history[-1].sequence)
+    claimed = await log.task_history(assignment.task_id)
+    chain = EventChain(log, assignment, after_sequence=claimed.last_sequence)
     started = TaskStarted(**chain.envelope(), data=TaskStartedData(attempt=1, runner_id="slow"))
     await chain.append(started)
 

@@ -7,7 +7,9 @@ import socket
 
 import pytest
 
+from agent_runner.app import tool_sandbox
 from agent_runner.settings import RunnerSettings
+from agentkit import SubprocessSandbox, WorkerPool
 from opspawn_contracts.settings import SettingsError, load_settings
 
 
@@ -43,3 +45,22 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None
         load_settings(RunnerSettings)
     assert "OPSPAWN_MAX_CONCURRENT_TASKS" in str(error.value)
     assert "OPSPAWN_TOOL_TIMEOUT_SECONDS" in str(error.value)
+
+
+async def test_local_tools_run_in_a_started_worker_pool_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPSPAWN_SANDBOX_WORKERS", "2")
+    async with tool_sandbox(load_settings(RunnerSettings)) as pool:
+        assert isinstance(pool, WorkerPool)
+        assert pool.idle == 2
+        assert len(pool.pids) == 2
+    monkeypatch.setenv("OPSPAWN_SANDBOX", "subprocess")
+    async with tool_sandbox(load_settings(RunnerSettings)) as sandbox:
+        assert isinstance(sandbox, SubprocessSandbox)
+
+
+def test_an_unknown_sandbox_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSPAWN_SANDBOX", "docker")
+    with pytest.raises(SettingsError, match="OPSPAWN_SANDBOX"):
+        load_settings(RunnerSettings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -134,7 +135,8 @@ async def test_the_process_shuts_down_cleanly_on_sigterm(
 
     log = stderr.decode()
     assert gateway_process.returncode == 0, log
-    assert " gateway INFO " in log
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(record["service"] == "gateway" and record["level"] == "info" for record in records)
     assert "shutting down" in log
     assert "stopped" in log
 

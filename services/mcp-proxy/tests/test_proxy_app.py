@@ -165,7 +165,8 @@ async def test_python_m_mcp_proxy_serves_until_sigterm(
             await process.wait()
     log = log_file.read_text()
     assert returncode == 0, log
-    assert "mcp-proxy INFO" in log
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(record["service"] == "mcp-proxy" and record["level"] == "info" for record in records)
     assert "MCP server 'toolbox' connected" in log
     await wait_until("the toolbox process ending", lambda: process_gone(toolbox_pid))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -216,8 +217,12 @@ async def test_the_process_stops_cleanly_on_sigterm(
 
     log = stderr.decode()
     assert process.returncode == 0, log
-    assert " scheduler INFO scheduler.app: ready" in log
-    assert " scheduler INFO opspawn.service: stopped" in log
+    lines = {
+        (record["service"], record["level"], record["logger"], record["message"].split(":")[0])
+        for record in map(json.loads, log.splitlines())
+    }
+    assert ("scheduler", "info", "scheduler.app", "ready") in lines
+    assert ("scheduler", "info", "opspawn.service", "stopped") in lines
 
 
 async def test_the_process_names_a_missing_database_url() -> None:

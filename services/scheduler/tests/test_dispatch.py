@@ -82,6 +82,7 @@ async def test_submit_stores_task_submitted_and_queues_the_first_attempt(
         correlation_id=command.correlation_id,
         causation_id=submitted.event_id,
         options=TaskOptions(max_attempts=1),
+        after_sequence=history[0].sequence,
     )
     assert msg_id == assignment.msg_id()
     work = await jetstream.stream_info(subjects.work_stream, subjects_filter=subjects.all_work)

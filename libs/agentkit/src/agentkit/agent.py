@@ -15,17 +15,27 @@ The conversation goes to ``memory``: first the task (:func:`task_message`), then
 assistant message with the step's tool calls and one tool message per call with its result or
 error. Tools are listed once per run and only those the security manager allows are offered to
 the planner; the run's own allowlist is ``context.allowed_tools`` (see :mod:`agentkit.security`).
+
+Tracing (OpenTelemetry API; a no-op unless the process installed a tracer provider): each step is
+an ``agent step`` span (the last, when the planner answers, ``agent final answer``) and each tool
+call an ``execute_tool <tool>`` span inside it, current while the tool runs, so a tool that sends
+a request (the MCP proxy's) carries the call's trace context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
+from opentelemetry.util.types import Attributes
 from pydantic import JsonValue
 
 from agentkit.errors import LlmError, PlanError, ToolError
@@ -52,6 +62,18 @@ from agentkit.steps import (
 )
 
 StepCallback = Callable[[StepRecord], Awaitable[None]]
+_tracer = trace.get_tracer("agentkit")
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def _span(name: str, attributes: Attributes) -> AbstractContextManager[Span | None]:
+    """A span current within the block when the process traces (it installed a tracer
+    provider), else nothing: even the API's no-op span costs microseconds per step and call."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return _NO_SPAN
+    return _tracer.start_as_current_span(name, attributes=attributes)
+
+
 T = TypeVar("T")
 
 _NOT_PART_OF_THE_TASK = frozenset({"goal", "plan"})
@@ -162,46 +184,59 @@ class _Run:
             return self._interrupted(interrupted.reason, 0, None)
         while True:
             step_index = len(self._completed_steps)
-            state = RunState(
-                input_data=self._input,
-                completed_steps=tuple(self._completed_steps),
-                memory=agent._memory,
-                tools=tools,
+            with _span("agent step", {"opspawn.step_index": step_index}) as span:
+                ended = await self._step(step_index, tools)
+                if span is not None and ended is not None and ended.ok:
+                    span.update_name("agent final answer")
+                elif span is not None and ended is not None:
+                    span.set_status(StatusCode.ERROR, ended.error_message)
+            if ended is not None:
+                return ended
+
+    async def _step(self, step_index: int, tools: Sequence[ToolSpec]) -> AgentResult | None:
+        """Ask the planner for step ``step_index`` and run its calls; the run's result if this
+        step ends the run (a final answer, or a failure), else ``None``."""
+        agent = self._agent
+        state = RunState(
+            input_data=self._input,
+            completed_steps=tuple(self._completed_steps),
+            memory=agent._memory,
+            tools=tools,
+        )
+        try:
+            decision = await self._interruptible(partial(agent._planner.decide, state))
+        except LlmError as error:
+            return self._failure(StopReason.LLM_FAILED, str(error))
+        except PlanError as error:
+            return self._failure(StopReason.PLAN_INVALID, str(error))
+        except _Interrupted as interrupted:
+            return self._interrupted(interrupted.reason, step_index, None)
+        if isinstance(decision, FinalAnswer):
+            output = {**self._partial_output(), "result": decision.result}
+            return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
+        if step_index >= agent._max_steps:
+            return self._failure(
+                StopReason.MAX_STEPS,
+                f"stopped after {agent._max_steps} steps (max_steps) before the planner finished",
             )
-            try:
-                decision = await self._interruptible(partial(agent._planner.decide, state))
-            except LlmError as error:
-                return self._failure(StopReason.LLM_FAILED, str(error))
-            except PlanError as error:
-                return self._failure(StopReason.PLAN_INVALID, str(error))
-            except _Interrupted as interrupted:
-                return self._interrupted(interrupted.reason, step_index, None)
-            if isinstance(decision, FinalAnswer):
-                output = {**self._partial_output(), "result": decision.result}
-                return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
-            if step_index >= agent._max_steps:
-                return self._failure(
-                    StopReason.MAX_STEPS,
-                    f"stopped after {agent._max_steps} steps (max_steps) before the planner "
-                    "finished",
-                )
-            agent._memory.add(
-                Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
+        agent._memory.add(
+            Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
+        )
+        self._current_step = []
+        for call in decision.calls:
+            failure = await self._run_call(step_index, call)
+            if failure is not None:
+                return failure
+        self._completed_steps.append(tuple(self._current_step))
+        self._current_step = []
+        await self._emit(
+            StepFinished(
+                step_index=step_index,
+                tool_call_ids=tuple(call.call_id for call in decision.calls),
+                message=decision.message,
             )
-            self._current_step = []
-            for call in decision.calls:
-                failure = await self._run_call(step_index, call)
-                if failure is not None:
-                    return failure
-            self._completed_steps.append(tuple(self._current_step))
-            self._current_step = []
-            await self._emit(
-                StepFinished(
-                    step_index=step_index,
-                    tool_call_ids=tuple(call.call_id for call in decision.calls),
-                    message=decision.message,
-                )
-            )
+        )
+        return None
 
     async def _run_call(self, step_index: int, call: ToolCall) -> AgentResult | None:
         """Run one call and record it; the run's result if this call ends the run."""
@@ -219,7 +254,16 @@ class _Run:
         error: str | None = None
         interrupted: StopReason | None = None
         try:
-            result = await self._interruptible(lambda: self._authorized_call(call))
+            with _span(
+                f"execute_tool {call.tool}",
+                {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": call.tool,
+                    "gen_ai.tool.call.id": call.call_id,
+                    "opspawn.step_index": step_index,
+                },
+            ):
+                result = await self._interruptible(lambda: self._authorized_call(call))
         except ToolError as tool_error:
             error = str(tool_error)
         except _Interrupted as stop:

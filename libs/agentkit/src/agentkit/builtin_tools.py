@@ -1,9 +1,12 @@
-"""Tools every runner has without any MCP server: arithmetic (``math.*``) and ``util.sleep``.
+"""Tools every runner has without any MCP server: arithmetic (``math.*``), ``util.sleep`` and
+``util.noop``.
 
 They exist to make plans testable end to end: arithmetic gives results to check and a tool that
 raises (``math.divide`` by zero), ``util.sleep`` a tool that outlives its timeout or gets
-cancelled. Numbers are JSON numbers: integers stay integers (``2 + 3`` is ``5``), booleans and
-numeric strings are refused, and non-finite values are errors rather than invalid JSON.
+cancelled, ``util.noop`` a step that costs nothing itself, so a benchmark of it measures the
+system around the tool (``benchmarks/end_to_end``). Numbers are JSON numbers: integers stay
+integers (``2 + 3`` is ``5``), booleans and numeric strings are refused, and non-finite values are
+errors rather than invalid JSON.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class SleepInput(BaseModel):
     seconds: NonNegativeNumber = Field(description="How long to sleep, in seconds.")
 
 
+class NoArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 def _finite(value: int | float) -> int | float:
     if isinstance(value, float) and not math.isfinite(value):
         raise OverflowError("result is too large to represent")
@@ -87,12 +94,18 @@ def sleep(args: SleepInput) -> int | float:
     return args.seconds
 
 
+def noop(args: NoArguments) -> None:
+    """Do nothing and return null at once."""
+    return
+
+
 BUILTIN_TOOLS: tuple[Tool, ...] = (
     Tool.from_function(add, name="math.add"),
     Tool.from_function(subtract, name="math.subtract"),
     Tool.from_function(multiply, name="math.multiply"),
     Tool.from_function(divide, name="math.divide"),
     Tool.from_function(sleep, name="util.sleep"),
+    Tool.from_function(noop, name="util.noop"),
 )
 
 

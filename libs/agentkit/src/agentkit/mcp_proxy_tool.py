@@ -5,7 +5,8 @@ A call to ``<server>.<tool>`` becomes a :class:`~opspawn_contracts.tool_rpc.Call
 :class:`~opspawn_contracts.tool_rpc.CallToolReply`. Every way this can fail ends as a
 :class:`~agentkit.errors.ToolError` whose message says which side failed: the proxy's structured
 errors map to the matching error type, "no responders" means no proxy is running, and a missing
-reply means the proxy (or its server) is stuck.
+reply means the proxy (or its server) is stuck. A call request carries the current trace context in
+its headers (W3C ``traceparent``), so the proxy's span joins the calling task's trace.
 
 Tools are listed by asking the proxy (``Subjects.mcp_list_tools``), so a language-model planner
 is offered every MCP server's tools with their input schemas. A listing is kept for ``list_ttl``
@@ -27,6 +28,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry import propagate
 from pydantic import JsonValue, ValidationError
 
 from agentkit.errors import (
@@ -121,9 +123,14 @@ class McpProxyTools:
             task_id=context.task_id,
             timeout_seconds=timeout,
         )
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # the call's trace context, for the proxy's span
         try:
             message = await self._nc.request(
-                subject, request.model_dump_json().encode(), timeout=timeout + self._reply_margin
+                subject,
+                request.model_dump_json().encode(),
+                timeout=timeout + self._reply_margin,
+                headers=headers or None,
             )
         except NoRespondersError:
             raise ToolUnavailable(

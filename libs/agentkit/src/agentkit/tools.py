@@ -9,6 +9,7 @@ when it is first called.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -76,6 +77,12 @@ class Tool:
         return reference_of(self.input_model)
 
     def spec(self) -> ToolSpec:
+        """What planners are told about the tool. Built once: generating the JSON schemas costs
+        far more than a quick tool call, and every agent run asks for the offered tools."""
+        return self._spec
+
+    @functools.cached_property
+    def _spec(self) -> ToolSpec:
         return ToolSpec(
             name=self.name,
             description=self.description,

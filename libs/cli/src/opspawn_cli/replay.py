@@ -30,10 +30,12 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from opspawn_cli.progress import ProgressBar
-from opspawn_contracts.events import Event, decode_event
+from opspawn_contracts.event_log import read_event
+from opspawn_contracts.events import Event
 from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
 from opspawn_readmodel.checksums import (
@@ -44,7 +46,7 @@ from opspawn_readmodel.checksums import (
 )
 from opspawn_readmodel.database import asyncpg_url, create_engine
 from opspawn_readmodel.migrate import migrate
-from opspawn_readmodel.projector import TaskProjector, validate_schema_name
+from opspawn_readmodel.projector import TaskProjector, refuses_content, validate_schema_name
 from opspawn_readmodel.tables import metadata, projection_checkpoints, task_events, tasks
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ async def rebuild(
             sequence = message.metadata.sequence.stream
             if up_to is not None and sequence > up_to:
                 break
-            batch.append((sequence, _decoded(sequence, message.data)))
+            batch.append((sequence, _decoded(subjects, sequence, message.subject, message.data)))
             if len(batch) >= batch_size:
                 position = await _commit(engine, projector, batch, progress)
                 batch = []
@@ -99,9 +101,10 @@ async def rebuild(
     return position
 
 
-def _decoded(sequence: int, payload: bytes) -> Event | None:
+def _decoded(subjects: Subjects, sequence: int, subject: str, payload: bytes) -> Event | None:
+    """The event, or ``None`` for a message the live projection also steps over."""
     try:
-        return decode_event(payload)
+        return read_event(subjects, subject, payload)
     except ValidationError as error:
         logger.warning("event at sequence %d is not valid, stepping over it: %s", sequence, error)
         return None
@@ -113,8 +116,28 @@ async def _commit(
     batch: list[tuple[int, Event | None]],
     progress: ProgressBar | None,
 ) -> int:
-    async with engine.begin() as connection:
-        outcome = await projector.apply_batch(connection, batch)
+    """Project ``batch`` in one transaction; the position reached.
+
+    An event whose content PostgreSQL refuses (:func:`refuses_content`) is stepped over, as the
+    live projection steps over (and dead-letters) it: a batch refused is committed again one event
+    at a time to find it, and the rest is still projected.
+    """
+    try:
+        async with engine.begin() as connection:
+            outcome = await projector.apply_batch(connection, batch)
+    except DBAPIError as error:
+        if not refuses_content(error):
+            raise
+        if len(batch) > 1:
+            position = 0
+            for item in batch:
+                position = await _commit(engine, projector, [item], progress)
+            return position
+        sequence, _ = batch[0]
+        logger.warning(
+            "event at sequence %d cannot be stored, stepping over it: %s", sequence, error.orig
+        )
+        return await _commit(engine, projector, [(sequence, None)], progress)
     if progress is not None:
         progress.update(progress.done + len(batch))
     return outcome.checkpoint

@@ -8,22 +8,83 @@ gateway assigns ``task_id`` so it can answer the client at once; ``command_id`` 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from opspawn_contracts.events import DEFAULT_TENANT, TaskOptions, utc_now
+
+COMMAND_SCHEMA_VERSION = 1
+"""The one command schema version this code reads and writes. Commands are short-lived requests,
+not history, so nothing upcasts them: a command in another version is refused (the scheduler
+dead-letters it, to be re-driven once a scheduler that reads that version runs) rather than
+read as if its fields meant what they mean in this version."""
+
+
+def nul_character_path(
+    value: object, path: tuple[str | int, ...] = ()
+) -> tuple[str | int, ...] | None:
+    """Where ``value`` (JSON-like) holds a NUL character, in a string or a key; ``None`` if
+    nowhere.
+
+    PostgreSQL stores no NUL in text or jsonb, so a command carrying one would become an event the
+    read model cannot show (the projection steps over it): the task would run but never appear.
+    Commands therefore refuse NUL anywhere, and the gateway tells its client before publishing.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: list[tuple[str | int, object]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return (*path, key)
+            items.append((key, item))
+    elif isinstance(value, list | tuple):
+        items = list(enumerate(value))
+    for key, item in items:
+        found = nul_character_path(item, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 class _Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command_id: UUID = Field(default_factory=uuid4)
-    schema_version: int = 1
+    schema_version: int = COMMAND_SCHEMA_VERSION
     task_id: UUID
     issued_at: datetime = Field(default_factory=utc_now)
     correlation_id: UUID
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable_version(cls, version: int) -> int:
+        if version != COMMAND_SCHEMA_VERSION:
+            raise ValueError(
+                f"command schema version {version} cannot be read: this code reads version "
+                f"{COMMAND_SCHEMA_VERSION}"
+            )
+        return version
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        where = nul_character_path(self.model_dump())
+        if where is not None:
+            field = ".".join(str(part) for part in where).replace("\x00", "\\u0000")
+            raise ValueError(
+                f"{field} contains a NUL character (\\u0000), which the read model cannot store"
+            )
+        return self
 
 
 class SubmitTask(_Command):

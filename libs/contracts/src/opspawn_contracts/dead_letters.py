@@ -17,6 +17,7 @@ after a fix was deployed, an upcaster registered, or a missing dependency came b
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -81,11 +82,21 @@ def _header_text(value: str) -> str:
 
 
 class DeadLetters:
-    def __init__(self, js: JetStreamContext, subjects: Subjects, *, service: str) -> None:
-        """``service`` names the writer in the dead letters it records."""
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        service: str,
+        on_recorded: Callable[[DeadLetterSource], None] | None = None,
+    ) -> None:
+        """``service`` names the writer in the dead letters it records; ``on_recorded`` is told
+        the source of each dead letter newly stored (not of a repeat JetStream dropped), e.g. to
+        count them."""
         self._js = js
         self._subjects = subjects
         self._service = service
+        self._on_recorded = on_recorded
 
     async def record(
         self, source: DeadLetterSource, message: Msg, reason: str, *, deliveries: int | None = None
@@ -135,6 +146,8 @@ class DeadLetters:
             stream=self._subjects.dead_letters_stream,
             headers=headers,
         )
+        if self._on_recorded is not None and not ack.duplicate:
+            self._on_recorded(source)
         logger.info(
             "kept %s message %s (sequence %s) as dead letter %d: %s",
             source.value,
@@ -146,23 +159,43 @@ class DeadLetters:
         return ack.seq
 
     async def entries(self, source: DeadLetterSource | None = None) -> list[DeadLetter]:
-        """Every dead letter (of ``source``), oldest first."""
+        """Every dead letter (of ``source``), oldest first.
+
+        A message in the stream that is not a dead letter (published there by hand: a subject
+        naming no source, headers that do not parse) is left out with a warning naming its
+        sequence, so that it cannot hide the others.
+        """
         subject = (
             self._subjects.all_dead_letters
             if source is None
             else self._subjects.dead_letter(source.value)
         )
-        return [
-            _dead_letter(message)
-            async for message in read_stream(self._js, self._subjects.dead_letters_stream, subject)
-        ]
+        letters: list[DeadLetter] = []
+        async for message in read_stream(self._js, self._subjects.dead_letters_stream, subject):
+            try:
+                letters.append(_dead_letter(message))
+            except ValueError as error:
+                logger.warning(
+                    "message %d of the dead-letter stream is not a dead letter, left out: %s",
+                    message.metadata.sequence.stream,
+                    error,
+                )
+        return letters
 
     async def get(self, sequence: int) -> DeadLetter | None:
         try:
             stored = await self._js.get_msg(self._subjects.dead_letters_stream, seq=sequence)
         except NatsError:
             return None
-        return _from_parts(sequence, stored.subject or "", stored.headers or {}, stored.data or b"")
+        try:
+            return _from_parts(
+                sequence, stored.subject or "", stored.headers or {}, stored.data or b""
+            )
+        except ValueError as error:
+            logger.warning(
+                "message %d of the dead-letter stream is not a dead letter: %s", sequence, error
+            )
+            return None
 
     async def count(self) -> int:
         info = await self._js.stream_info(self._subjects.dead_letters_stream)
@@ -202,6 +235,7 @@ def _dead_letter(message: Msg) -> DeadLetter:
 
 
 def _from_parts(sequence: int, subject: str, headers: dict[str, str], payload: bytes) -> DeadLetter:
+    """The dead letter stored at ``sequence``; :class:`ValueError` if it is not one."""
     source_sequence = headers.get(HEADER_SEQUENCE)
     deliveries = headers.get(HEADER_DELIVERIES)
     at = headers.get(HEADER_AT)

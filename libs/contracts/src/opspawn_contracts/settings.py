@@ -8,11 +8,12 @@ than failing later with a stack trace far from the cause.
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from opspawn_contracts.streams import StreamSettings
 from opspawn_contracts.subjects import Subjects, validate_prefix
 
 ENV_PREFIX = "OPSPAWN_"
@@ -27,6 +28,13 @@ class ServiceSettings(BaseSettings):
     """Namespace of every stream and subject, so several systems can share one NATS."""
     nats_connect_timeout: float = 5.0
     log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    """``json``: one JSON object per line (containers, log shippers); ``console``: readable text,
+    what ``opspawn up`` uses while it echoes the services' output."""
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """JetStream replicas of every stream, applied when a service creates or updates them at
+    start: 1 for a single server, 3 for a production cluster (a stream then survives the loss of
+    one server). Give every service the same value, or each start flips the streams back."""
 
     @field_validator("subject_prefix")
     @classmethod
@@ -44,6 +52,10 @@ class ServiceSettings(BaseSettings):
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.subject_prefix)
+
+    @property
+    def stream_settings(self) -> StreamSettings:
+        return StreamSettings(replicas=self.stream_replicas)
 
     @property
     def nats_servers(self) -> list[str]:

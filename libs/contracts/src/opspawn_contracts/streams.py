@@ -35,6 +35,8 @@ class StreamSettings:
     """Knobs a deployment may change; the rest of the configuration is part of the contract."""
 
     replicas: int = 1
+    """Copies of each stream in a JetStream cluster (``OPSPAWN_STREAM_REPLICAS``, see
+    ``ServiceSettings.stream_settings``): 1 on a single server, 3 on the production cluster."""
     commands_max_age: timedelta = timedelta(days=7)
     dead_letters_max_age: timedelta = timedelta(days=30)
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from opspawn_contracts.events import TaskOptions
+
+WORK_SCHEMA_VERSION = 1
+"""The one work-item schema version this code reads and writes. Work items are short-lived (the
+history is in the events), so nothing upcasts them: an item in another version is refused (the
+runner dead-letters it, to be re-driven once a runner that reads that version runs)."""
 
 
 class TaskAssignment(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = WORK_SCHEMA_VERSION
     task_id: UUID
     task_type: str
     input_data: dict[str, JsonValue]
@@ -30,6 +35,21 @@ class TaskAssignment(BaseModel):
     the scheduler fills in its default ``max_attempts`` where the client chose none."""
     deadline_at: datetime | None = None
     """When the task times out (submission plus ``options.timeout_seconds``), if ever."""
+    after_sequence: int | None = Field(default=None, ge=1)
+    """Where the task's history ended (events-stream sequence) when this item was queued. A
+    runner on a first delivery appends ``TaskStarted`` expecting exactly this, which holds only
+    if nothing happened to the task since, and saves reading the history; on a conflict (or
+    without it) the runner decides from the history it reads."""
+
+    @field_validator("schema_version")
+    @classmethod
+    def _readable_version(cls, version: int) -> int:
+        if version != WORK_SCHEMA_VERSION:
+            raise ValueError(
+                f"work item schema version {version} cannot be read: this code reads version "
+                f"{WORK_SCHEMA_VERSION}"
+            )
+        return version
 
     def msg_id(self) -> str:
         """Dedup key: one work item per task attempt."""

@@ -34,6 +34,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Column, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text, TypeEngine, Uuid
 
@@ -58,6 +59,16 @@ _EVENT_COLUMNS = (
     "attempt",
     "superseded",
 )
+
+
+def refuses_content(error: DBAPIError) -> bool:
+    """Whether PostgreSQL refused an event's content (SQLSTATE class 22, data exception: a NUL
+    character, an integer out of range), so that writing it again cannot succeed. Whoever
+    projects events steps over such an event rather than retrying it, and the live projection
+    and a replay must agree on that, or the rebuilt read model would differ from the live one.
+    """
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
 def validate_schema_name(schema: str) -> str:

@@ -20,13 +20,25 @@ from agent_runner.execution import TaskExecution
 from agent_runner.planner_selection import PlannerSelection, chat_model
 from agent_runner.settings import RunnerSettings
 from agent_runner.work_consumer import WorkConsumer
-from agentkit import LocalTools, McpProxyTools, ToolAllowlist, ToolRouter, builtin_registry
+from agentkit import (
+    LocalTools,
+    McpProxyTools,
+    SubprocessSandbox,
+    ToolAllowlist,
+    ToolExecutor,
+    ToolRouter,
+    WorkerPool,
+    builtin_registry,
+)
 from opspawn_contracts.dead_letters import DeadLetters
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import configure_logging, serve
+from opspawn_contracts.service_process import serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams, runner_work_consumer
+from opspawn_observability import configure_service
+from opspawn_observability.metrics import count_dead_letter
+from opspawn_observability.ops_server import consumer_exists, nats_connected, ops_endpoint
 
 SERVICE_NAME = "agent-runner"
 
@@ -48,6 +60,19 @@ class Runner:
 
 
 @contextlib.asynccontextmanager
+async def tool_sandbox(settings: RunnerSettings) -> AsyncIterator[ToolExecutor]:
+    """Where local tools run (see ``RunnerSettings.sandbox``); a pool is started up front so a
+    broken worker environment stops the runner at start-up, not at the first task."""
+    if settings.sandbox == "subprocess":
+        yield SubprocessSandbox()
+        return
+    async with WorkerPool(
+        settings.sandbox_workers, max_calls_per_worker=settings.sandbox_calls_per_worker
+    ) as pool:
+        yield pool
+
+
+@contextlib.asynccontextmanager
 async def running(
     settings: RunnerSettings, *, consumer_config: ConsumerConfig | None = None
 ) -> AsyncIterator[Runner]:
@@ -61,9 +86,14 @@ async def running(
         client = await connect(settings, name=f"{SERVICE_NAME} {settings.runner_id}")
         resources.push_async_callback(client.drain)
         js = client.jetstream()
-        await ensure_streams(js, settings.subjects)
+        await ensure_streams(js, settings.subjects, settings.stream_settings)
+        sandbox = await resources.enter_async_context(tool_sandbox(settings))
         tools = ToolRouter(
-            LocalTools(builtin_registry(), default_timeout=settings.tool_timeout_seconds),
+            LocalTools(
+                builtin_registry(),
+                executor=sandbox,
+                default_timeout=settings.tool_timeout_seconds,
+            ),
             McpProxyTools(
                 client, settings.subjects, default_timeout=settings.mcp_request_timeout_seconds
             ),
@@ -92,10 +122,28 @@ async def running(
             ),
             client=client,
             dead_letters=DeadLetters(
-                js, settings.subjects, service=f"{SERVICE_NAME} {settings.runner_id}"
+                js,
+                settings.subjects,
+                service=f"{SERVICE_NAME} {settings.runner_id}",
+                on_recorded=count_dead_letter,
             ),
         )
         await consumer.start()
+        work_consumer_name = (
+            consumer_config and consumer_config.durable_name
+        ) or settings.subjects.runner_work_consumer
+        await resources.enter_async_context(
+            ops_endpoint(
+                settings,
+                {
+                    "nats": nats_connected(client),
+                    "work_consumer": consumer_exists(
+                        js, settings.subjects.work_stream, work_consumer_name
+                    ),
+                },
+                service=SERVICE_NAME,
+            )
+        )
         stop = asyncio.Event()
         runner = Runner(consumer, asyncio.create_task(consumer.run(stop), name="work consumer"))
         logger.info(
@@ -124,5 +172,10 @@ async def run(settings: RunnerSettings, stop: asyncio.Event) -> None:
 def main() -> None:
     """``python -m agent_runner``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM."""
     settings = load_settings(RunnerSettings)
-    configure_logging(SERVICE_NAME, settings.log_level, instance=settings.runner_id)
+    configure_service(
+        SERVICE_NAME,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        instance=settings.runner_id,
+    )
     serve(lambda stop: run(settings, stop))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opspawn_contracts.event_log import StoredEvent
+from opspawn_contracts.event_log import StoredEvent, TaskHistory
 from opspawn_contracts.events import TaskAttemptFailed, TaskStarted
 from opspawn_contracts.task import TaskView, evolve
 from opspawn_contracts.work import TaskAssignment
@@ -41,7 +41,7 @@ class NothingToRun:
 
 
 def claim(
-    assignment: TaskAssignment, history: list[StoredEvent], *, redelivered: bool
+    assignment: TaskAssignment, history: TaskHistory, *, redelivered: bool
 ) -> Claim | NothingToRun:
     state: TaskView | None = None
     for stored in history:
@@ -52,7 +52,7 @@ def claim(
         return NothingToRun(f"the task is already {state.status.value}")
     if state.attempt > assignment.attempt:
         return NothingToRun(f"attempt {state.attempt} superseded this work item")
-    after = history[-1].sequence
+    after = history.last_sequence
     if state.attempt < assignment.attempt or not _started(history, state.attempt):
         return Claim(assignment.attempt, None, after)
     if _ended(history, state.attempt):

@@ -23,7 +23,7 @@ from uuid import UUID
 
 from nats.errors import Error as NatsError
 
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
+from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
 from opspawn_contracts.events import TERMINAL_EVENT_TYPES, Event
 from opspawn_contracts.task import TaskView, evolve, runner_attempt
 from opspawn_contracts.work import TaskAssignment
@@ -77,6 +77,8 @@ class EventChain:
             except ConcurrencyConflict as conflict:
                 expected = await self._resolve(event, str(conflict))
                 continue
+            except EventTooLarge:
+                raise
             except NatsError as error:
                 raise EventAppendFailed(f"{type(error).__name__}: {error}") from error
             self.appended(event, sequence)
@@ -98,8 +100,11 @@ class EventChain:
         after = self._previous_sequence or 0
         new = [stored.event for stored in history if stored.sequence > after]
         older = [runner_attempt(other) for other in new]
-        if new and all(attempt is not None and attempt < mine for attempt in older):
-            return history[-1].sequence
+        if history.last_sequence > after and all(
+            attempt is not None and attempt < mine for attempt in older
+        ):
+            # Only older attempts' events (or messages that are no events) came in between.
+            return history.last_sequence
         state = fold(history)
         if (
             state is not None
@@ -109,7 +114,7 @@ class EventChain:
         ):
             # The record is for the audit trail; without it the attempt stops all the same.
             with contextlib.suppress(ConcurrencyConflict, NatsError):
-                await self._log.append(event, expected_version=history[-1].sequence)
+                await self._log.append(event, expected_version=history.last_sequence)
             raise AttemptSuperseded(
                 f"attempt {state.attempt} superseded attempt {mine}; recorded its "
                 f"{event.event_type} as superseded"

@@ -28,10 +28,11 @@ from enum import Enum
 
 from nats.errors import Error as NatsError
 
-from agent_runner.attempts import NothingToRun, claim
+from agent_runner.attempts import Claim, NothingToRun, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain, fold
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
 from agent_runner.planner_selection import PlannerSelection
+from agent_runner.step_metrics import StepMetrics
 from agentkit import (
     Agent,
     AgentResult,
@@ -47,7 +48,12 @@ from agentkit import (
     ToolManager,
 )
 from opspawn_contracts.deadlines import timed_out
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
+from opspawn_contracts.event_log import (
+    ConcurrencyConflict,
+    EventLog,
+    EventTooLarge,
+    TaskHistory,
+)
 from opspawn_contracts.events import (
     AgentStepCompleted,
     AgentStepCompletedData,
@@ -129,14 +135,20 @@ class TaskExecution:
                 return Disposition.ACK
             chain, assignment = claimed
             task = f"task {assignment.task_id} attempt {assignment.attempt}"
-            result = await self._run_agent(assignment, chain, release)
-            if result.stop_reason is StopReason.CANCELLED:
-                if await self._finished(assignment):
-                    logger.info("%s: stopped, the task was cancelled or timed out", task)
-                    return Disposition.ACK
-                logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
-                return Disposition.RELEASE
-            await chain.append(_terminal_event(chain, assignment, result))
+            try:
+                result = await self._run_agent(assignment, chain, release)
+                if result.stop_reason is StopReason.CANCELLED:
+                    if await self._finished(assignment):
+                        logger.info("%s: stopped, the task was cancelled or timed out", task)
+                        return Disposition.ACK
+                    logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
+                    return Disposition.RELEASE
+                await chain.append(_terminal_event(chain, assignment, result))
+            except EventTooLarge as too_large:
+                # Another attempt would produce the same event: the task fails, saying why.
+                logger.error("%s: %s; failing the task", task, too_large)
+                await chain.append(_too_large(chain, assignment, too_large))
+                return Disposition.ACK
         except AttemptSuperseded as superseded:
             if await self._finished(assignment):
                 logger.info("%s: the task finished elsewhere (%s)", task, superseded)
@@ -154,39 +166,59 @@ class TaskExecution:
     async def _claim(
         self, assignment: TaskAssignment, *, redelivered: bool
     ) -> tuple[EventChain, TaskAssignment] | NothingToRun:
-        """Decide the attempt from fresh history and append its TaskStarted there."""
+        """Decide the attempt and append its TaskStarted where the history ended.
+
+        A first delivery that knows where the history ended when it was queued starts there
+        without reading it: the append holds only if nothing happened to the task since, which is
+        exactly when :func:`claim` would run it as queued. Otherwise, or on a conflict, the
+        decision is made from fresh history.
+        """
+        if not redelivered and assignment.after_sequence is not None:
+            started = await self._start(
+                assignment, Claim(assignment.attempt, None, assignment.after_sequence)
+            )
+            if started is not None:
+                return started
         for _ in range(CLAIM_TRIES):
             decision = claim(assignment, await self._history(assignment), redelivered=redelivered)
             if isinstance(decision, NothingToRun):
                 return decision
-            claimed = assignment.model_copy(update={"attempt": decision.attempt})
-            chain = EventChain(self._log, claimed, after_sequence=decision.after_sequence)
-            started = TaskStarted(
-                **chain.envelope(),
-                data=TaskStartedData(
-                    attempt=decision.attempt,
-                    runner_id=self._runner_id,
-                    supersedes_attempt=decision.supersedes,
-                ),
-            )
-            try:
-                sequence = await self._log.append(started, expected_version=decision.after_sequence)
-            except ConcurrencyConflict:
-                continue
-            except NatsError as error:
-                raise EventAppendFailed(f"{type(error).__name__}: {error}") from error
-            if decision.supersedes is not None:
-                logger.warning(
-                    "task %s: taking over as attempt %d from attempt %d, whose runner stopped",
-                    assignment.task_id,
-                    decision.attempt,
-                    decision.supersedes,
-                )
-            chain.appended(started, sequence)
-            return chain, claimed
+            started = await self._start(assignment, decision)
+            if started is not None:
+                return started
         raise AttemptSuperseded(f"the history kept moving ({CLAIM_TRIES} tries to start)")
 
-    async def _history(self, assignment: TaskAssignment) -> list[StoredEvent]:
+    async def _start(
+        self, assignment: TaskAssignment, decision: Claim
+    ) -> tuple[EventChain, TaskAssignment] | None:
+        """Append the claimed attempt's TaskStarted; ``None`` if the history moved meanwhile."""
+        claimed = assignment.model_copy(update={"attempt": decision.attempt})
+        chain = EventChain(self._log, claimed, after_sequence=decision.after_sequence)
+        started = TaskStarted(
+            **chain.envelope(),
+            data=TaskStartedData(
+                attempt=decision.attempt,
+                runner_id=self._runner_id,
+                supersedes_attempt=decision.supersedes,
+            ),
+        )
+        try:
+            sequence = await self._log.append(started, expected_version=decision.after_sequence)
+        except ConcurrencyConflict:
+            return None
+        except NatsError as error:
+            raise EventAppendFailed(f"{type(error).__name__}: {error}") from error
+        if decision.supersedes is not None:
+            logger.warning(
+                "task %s: taking over as attempt %d from attempt %d, whose runner stopped",
+                assignment.task_id,
+                decision.attempt,
+                decision.supersedes,
+            )
+        chain.appended(started, sequence)
+        return chain, claimed
+
+    async def _history(self, assignment: TaskAssignment) -> TaskHistory:
         try:
             return await self._log.task_history(assignment.task_id)
         except NatsError as error:
@@ -208,7 +240,10 @@ class TaskExecution:
                 error_message=choice,
             )
 
+        steps = StepMetrics()
+
         async def record(step: StepRecord) -> None:
+            steps.observe(step)
             await chain.append(_step_event(chain, assignment.attempt, step))
 
         agent = Agent(
@@ -231,7 +266,7 @@ class TaskExecution:
                     allowed_tools=tuple(allowed) if allowed is not None else None,
                 ),
             )
-        except (AttemptSuperseded, EventAppendFailed):
+        except (AttemptSuperseded, EventAppendFailed, EventTooLarge):
             raise
         except Exception as error:
             # A bug in a planner or tool manager fails this task; the runner goes on with others.
@@ -242,6 +277,8 @@ class TaskExecution:
                 output={"steps": []},
                 error_message=f"internal error in the runner: {type(error).__name__}: {error}",
             )
+        finally:
+            steps.finish()
 
 
 def _step_event(
@@ -314,6 +351,17 @@ def _terminal_event(
         **chain.envelope(),
         data=TaskFailedData(
             attempt=assignment.attempt, error_message=message, output_data=result.output
+        ),
+    )
+
+
+def _too_large(chain: EventChain, assignment: TaskAssignment, error: EventTooLarge) -> TaskFailed:
+    return TaskFailed(
+        **chain.envelope(),
+        data=TaskFailedData(
+            attempt=assignment.attempt,
+            error_message=f"a result too large to record: {error}; have the tool return less "
+            "(or store it elsewhere and return a reference)",
         ),
     )
 

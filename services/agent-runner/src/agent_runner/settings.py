@@ -12,20 +12,31 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from opspawn_contracts.settings import ServiceSettings
+from opspawn_observability.ops_server import OpsSettings
 
 
 def default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class RunnerSettings(ServiceSettings):
+class RunnerSettings(ServiceSettings, OpsSettings):
     runner_id: str = Field(default_factory=default_runner_id, min_length=1, max_length=200)
     tool_timeout_seconds: float = Field(default=30.0, gt=0)
     """Limit for a local tool call whose plan step sets no ``timeout_seconds``."""
+    sandbox: Literal["pool", "subprocess"] = "pool"
+    """How local tools run outside the runner's process: ``pool`` lends pre-started workers
+    (a call costs a pipe round trip; a worker is replaced after a timeout, crash or limit breach
+    and retired after ``sandbox_calls_per_worker`` calls); ``subprocess`` starts a fresh process
+    per call (the strongest isolation between calls, ~0.1 s each)."""
+    sandbox_workers: int = Field(default=4, ge=1, le=256)
+    """Pre-started workers in the pool: how many local tool calls run at once."""
+    sandbox_calls_per_worker: int = Field(default=1000, ge=1)
+    """Calls a pooled worker serves before it is replaced by a fresh one."""
     mcp_request_timeout_seconds: float = Field(default=60.0, gt=0)
     """Limit for an MCP tool call (via the proxy) whose plan step sets no ``timeout_seconds``."""
     max_concurrent_tasks: int = Field(default=4, ge=1, le=1024)

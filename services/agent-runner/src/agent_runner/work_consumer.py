@@ -45,6 +45,9 @@ from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.streams import runner_work_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
+from opspawn_observability.metrics import count_redelivery, count_work_item
+from opspawn_observability.task_context import bind_task
+from opspawn_observability.tracing import handling
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +126,9 @@ class WorkConsumer:
         try:
             while not stop.is_set():
                 free = self._max_concurrent - len(self._running)
-                if free == 0:
+                # Below 0 too: nats-py's fetch(n) also returns what earlier, timed-out fetches
+                # left queued on the subscription, so a fetch may bring more than n messages.
+                if free <= 0:
                     await asyncio.wait(
                         [stopping, *self._running], return_when=asyncio.FIRST_COMPLETED
                     )
@@ -169,6 +174,7 @@ class WorkConsumer:
                 await self._subscription.unsubscribe()
 
     async def _handle(self, message: Msg) -> None:
+        count_redelivery(DeadLetterSource.WORK, message)
         try:
             assignment = TaskAssignment.model_validate_json(message.data)
         except ValidationError as error:
@@ -181,17 +187,22 @@ class WorkConsumer:
             )
             await self._dead_letter(message, reason)
             return
+        bind_task(assignment.task_id)  # for the logs; this asyncio task handles one message only
         heartbeat = asyncio.create_task(self._beat(message))
         interrupt = asyncio.Event()
         if self._releasing:
             interrupt.set()
         self._interrupts.setdefault(assignment.task_id, []).append(interrupt)
         try:
-            disposition = await self._execution.execute(
-                assignment,
-                release=interrupt,
-                redelivered=message.metadata.num_delivered > 1,
-            )
+            with handling("task attempt", message.headers) as scope:
+                scope.task(assignment.task_id)
+                scope.set_attribute("opspawn.attempt", assignment.attempt)
+                disposition = await self._execution.execute(
+                    assignment,
+                    release=interrupt,
+                    redelivered=message.metadata.num_delivered > 1,
+                )
+                scope.set_attribute("opspawn.disposition", disposition.value)
         except Exception:
             # A bug here must not take the runner down; the message comes back after a pause.
             logger.exception("task %s: unexpected error; will retry", assignment.task_id)
@@ -204,6 +215,7 @@ class WorkConsumer:
             interrupts.remove(interrupt)
             if not interrupts:
                 del self._interrupts[assignment.task_id]
+        count_work_item(disposition.value)
         max_deliver = self._config.max_deliver or 0
         if disposition is Disposition.RETRY_LATER and 0 < max_deliver <= (
             message.metadata.num_delivered

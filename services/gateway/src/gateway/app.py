@@ -33,6 +33,7 @@ from gateway.auth import DEVELOPMENT_PRINCIPAL, Authenticator
 from gateway.cancellation import TaskCanceller
 from gateway.grpc_api import GrpcServer, TaskServiceApi
 from gateway.http_server import HttpServer
+from gateway.instrumentation import RequestTelemetry, metrics
 from gateway.openapi_document import refine
 from gateway.problems import EXCEPTION_HANDLERS
 from gateway.readiness import ReadinessProbe
@@ -42,9 +43,10 @@ from gateway.settings import GatewaySettings
 from gateway.submission import TaskSubmitter
 from gateway.watching import TaskWatcher
 from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import configure_logging, serve
+from opspawn_contracts.service_process import serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
+from opspawn_observability import configure_service
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 
@@ -75,7 +77,8 @@ def _provide(value: object) -> Provide:
 def create_app(services: Services, *, max_body_bytes: int) -> Litestar:
     """The REST application; handlers get the services injected by name."""
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics],
+        middleware=[RequestTelemetry()],
         dependencies={
             "principal": Provide(principal_provider(services.authenticator)),
             "submitter": _provide(services.submitter),
@@ -156,7 +159,7 @@ class Gateway:
                 f"{settings.nats_connect_timeout}s: {error!r}"
             ) from error
         stack.push_async_callback(_close_nats, nats_client)
-        await ensure_streams(nats_client.jetstream(), settings.subjects)
+        await ensure_streams(nats_client.jetstream(), settings.subjects, settings.stream_settings)
 
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
@@ -252,5 +255,5 @@ async def run(settings: GatewaySettings, stop: asyncio.Event) -> None:
 def main() -> None:
     """``python -m gateway``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(GatewaySettings)
-    configure_logging(SERVICE_NAME, settings.log_level)
+    configure_service(SERVICE_NAME, log_level=settings.log_level, log_format=settings.log_format)
     serve(lambda stop: run(settings, stop))

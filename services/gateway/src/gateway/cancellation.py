@@ -21,12 +21,14 @@ from uuid import UUID, uuid5
 import nats.errors
 from nats.js import JetStreamContext
 
-from gateway.api_errors import ServiceUnavailable, TaskFinished
+from gateway.api_errors import ServiceUnavailable, TaskFinished, Unprocessable
 from gateway.auth import Principal
 from gateway.reading import TaskReader
 from opspawn_contracts.commands import CancelTask, encode_command
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView
+from opspawn_observability.task_context import bind_task
+from opspawn_observability.tracing import inject_context
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class TaskCanceller:
 
     async def cancel(self, principal: Principal, task_id: UUID, reason: str | None) -> TaskView:
         principal.require_write()
+        if reason is not None and "\x00" in reason:
+            raise Unprocessable(
+                "reason contains a NUL character (\\u0000), which cannot be stored; remove it"
+            )
+        bind_task(task_id)
         task = await self._reader.get_task(principal.tenant, task_id)
         if task.status.is_terminal:
             raise TaskFinished(
@@ -62,13 +69,15 @@ class TaskCanceller:
             correlation_id=first[0].correlation_id if first else task_id,
             reason=reason,
         )
+        headers = {"Nats-Msg-Id": str(command.command_id)}
+        inject_context(headers)  # the request's trace continues in the scheduler
         try:
             await self._js.publish(
                 self._subjects.command(command.command_type),
                 encode_command(command),
                 timeout=self._publish_timeout,
                 stream=self._subjects.commands_stream,
-                headers={"Nats-Msg-Id": str(command.command_id)},
+                headers=headers,
             )
         except nats.errors.Error as error:
             logger.warning("cancel of task %s not acknowledged: %r", task_id, error)

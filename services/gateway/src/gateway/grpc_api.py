@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from gateway.api_errors import ApiError, InvalidRequest
 from gateway.auth import Authenticator, Principal
 from gateway.cancellation import MAX_REASON_LENGTH, TaskCanceller
+from gateway.instrumentation import GrpcTelemetry
 from gateway.pagination import TaskFilter
 from gateway.proto_mapping import (
     event_to_proto,
@@ -178,7 +179,9 @@ class GrpcServer:
 
     def __init__(self, api: TaskServiceApi) -> None:
         # Without SO_REUSEPORT a port already in use fails start-up instead of being shared.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            interceptors=[GrpcTelemetry()], options=[("grpc.so_reuseport", 0)]
+        )
         self._health = health.aio.HealthServicer()
         tasks_pb2_grpc.add_TaskServiceServicer_to_server(api, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -61,12 +61,14 @@ from gateway.api_errors import (
 from gateway.arrivals import TaskArrivals
 from gateway.auth import Principal
 from gateway.reading import TaskReader
-from opspawn_contracts.commands import SubmitTask, encode_command
+from opspawn_contracts.commands import SubmitTask, encode_command, nul_character_path
 from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.plan import plan_adapter
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
 from opspawn_contracts.subjects import Subjects, validate_token
 from opspawn_contracts.task import TaskStatus, TaskView
+from opspawn_observability.task_context import bind_task
+from opspawn_observability.tracing import inject_context
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +228,18 @@ class TaskSubmitter:
                 f"input_data is {size} bytes as JSON; at most {self._max_input_bytes} are accepted"
             )
 
+    @staticmethod
+    def check_storable(input_data: dict[str, Any]) -> None:
+        """No NUL character anywhere: the read model (PostgreSQL) cannot keep one, so the task
+        would run but never be shown."""
+        where = nul_character_path(input_data)
+        if where is not None:
+            field = _location(("input_data", *where)).replace("\x00", "\\u0000")
+            raise Unprocessable(
+                f"{field} contains a NUL character (\\u0000), which cannot be stored; remove it, "
+                "or encode binary data (e.g. base64)"
+            )
+
     async def submit(
         self, request: TaskRequest, principal: Principal, idempotency_key: str | None = None
     ) -> Submission:
@@ -233,6 +247,7 @@ class TaskSubmitter:
         principal.require_write()
         self.check_allowed_tools(request)
         self.check_input_size(request.input_data)
+        self.check_storable(request.input_data)
         request_hash = request.canonical_hash()
         if idempotency_key is None:
             task_id, command_id = uuid4(), uuid4()
@@ -242,6 +257,7 @@ class TaskSubmitter:
             existing = await self._find(task_id)
             if existing is not None:
                 return Submission(self._same_request(existing, request_hash), replayed=True)
+        bind_task(task_id)
         command = SubmitTask(
             command_id=command_id,
             task_id=task_id,
@@ -285,13 +301,15 @@ class TaskSubmitter:
                 f"the task is {len(payload)} bytes encoded; "
                 f"at most {MAX_MESSAGE_BYTES} are accepted"
             )
+        headers = {"Nats-Msg-Id": str(command.command_id)}
+        inject_context(headers)  # the request's trace continues in the scheduler
         try:
             ack = await self._js.publish(
                 self._subjects.command(command.command_type),
                 payload,
                 timeout=self._publish_timeout,
                 stream=self._subjects.commands_stream,
-                headers={"Nats-Msg-Id": str(command.command_id)},
+                headers=headers,
             )
         except nats.errors.Error as error:
             logger.warning("submit of task %s not acknowledged: %r", command.task_id, error)

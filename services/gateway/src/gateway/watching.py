@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from gateway.api_errors import InvalidRequest, ServiceUnavailable
 from gateway.reading import MAX_EVENTS_PAGE, TaskEventView, TaskReader
-from opspawn_contracts.events import TERMINAL_EVENT_TYPES, decode_event
+from opspawn_contracts.event_log import read_event
+from opspawn_contracts.events import TERMINAL_EVENT_TYPES
 from opspawn_contracts.subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class TaskWatcher:
                 continue
             sequence = message.metadata.sequence.stream
             try:
-                event = decode_event(message.data)
+                event = read_event(self._subjects, message.subject, message.data)
             except ValidationError as error:
                 logger.warning(
                     "event at sequence %d is not valid, not streamed: %s", sequence, error

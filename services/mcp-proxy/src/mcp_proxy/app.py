@@ -2,7 +2,8 @@
 
 Start: connect every enabled MCP server (a server that fails is logged, reported by status and
 retried with backoff; the others are served), ensure the streams, then answer requests.
-Readiness: the proxy answers on ``Subjects.mcp_status``. SIGTERM/SIGINT: stop taking requests,
+Readiness: the proxy answers on ``Subjects.mcp_status``, and with ``OPSPAWN_OPS_PORT`` on the ops
+endpoint's ``/readyz`` (see :func:`readiness_checks`). SIGTERM/SIGINT: stop taking requests,
 let in-flight calls finish (up to ``OPSPAWN_SHUTDOWN_GRACE_SECONDS``), drain the NATS connection,
 close every MCP session and end every child server (no more restarts), exit 0.
 """
@@ -12,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client as NatsClient
+
 from mcp_proxy.config import ConfigError, ProxyConfig, load_config
 from mcp_proxy.connections import McpConnections
 from mcp_proxy.rpc import ProxyHandlers, RpcServer
 from mcp_proxy.settings import ProxySettings
 from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import configure_logging, serve
+from opspawn_contracts.service_process import serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
+from opspawn_observability import configure_service
+from opspawn_observability.ops_server import ReadinessCheck, nats_connected, ops_endpoint
 
 SERVICE_NAME = "mcp-proxy"
 log = logging.getLogger("mcp_proxy")
@@ -33,6 +38,25 @@ def load_server_config(settings: ProxySettings) -> ProxyConfig:
     return load_config(settings.mcp_config)
 
 
+def readiness_checks(
+    client: NatsClient, connections: McpConnections, config: ProxyConfig
+) -> dict[str, ReadinessCheck]:
+    """What the ops endpoint's ``/readyz`` checks: the NATS connection, and a live session with
+    every enabled MCP server (one that is down or restarting makes this copy not ready until it
+    is back, which the probe's answer names)."""
+
+    def session_up(server: str) -> ReadinessCheck:
+        async def check() -> bool:
+            return connections.connection(server, tool=None).connected
+
+        return check
+
+    checks: dict[str, ReadinessCheck] = {"nats": nats_connected(client)}
+    for name in config.enabled_servers:
+        checks[f"mcp_server:{name}"] = session_up(name)
+    return checks
+
+
 async def run(
     settings: ProxySettings,
     config: ProxyConfig,
@@ -43,7 +67,7 @@ async def run(
     async with McpConnections(config, connect_timeout=settings.mcp_connect_timeout) as connections:
         client = await connect(settings, name=SERVICE_NAME)
         try:
-            await ensure_streams(client.jetstream(), settings.subjects)
+            await ensure_streams(client.jetstream(), settings.subjects, settings.stream_settings)
             server = RpcServer(
                 client,
                 settings.subjects,
@@ -51,16 +75,19 @@ async def run(
                 max_concurrent_requests=settings.max_concurrent_requests,
             )
             await server.start()
-            log.info(
-                "serving %d MCP servers on %s.rpc.mcp.*",
-                len(config.enabled_servers),
-                settings.subject_prefix,
-            )
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            log.info("stopping: finishing in-flight calls")
-            await server.stop(settings.shutdown_grace_seconds)
+            async with ops_endpoint(
+                settings, readiness_checks(client, connections, config), service=SERVICE_NAME
+            ):
+                log.info(
+                    "serving %d MCP servers on %s.rpc.mcp.*",
+                    len(config.enabled_servers),
+                    settings.subject_prefix,
+                )
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                log.info("stopping: finishing in-flight calls")
+                await server.stop(settings.shutdown_grace_seconds)
         finally:
             await client.drain()
     log.info("stopped")
@@ -69,7 +96,7 @@ async def run(
 def main() -> None:
     """``python -m mcp_proxy``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(ProxySettings)
-    configure_logging(SERVICE_NAME, settings.log_level)
+    configure_service(SERVICE_NAME, log_level=settings.log_level, log_format=settings.log_format)
     try:
         config = load_server_config(settings)
     except ConfigError as error:

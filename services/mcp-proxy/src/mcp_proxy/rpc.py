@@ -48,8 +48,15 @@ from opspawn_contracts.tool_rpc import (
     ToolError,
     ToolErrorCode,
 )
+from opspawn_observability.metrics import observe_mcp_call
+from opspawn_observability.task_context import bind_task
+from opspawn_observability.tracing import SpanKind, annotate_span, handling
 
 log = logging.getLogger("mcp_proxy.rpc")
+
+UNKNOWN_SERVER_LABEL = "(unknown)"
+"""The metrics' ``server`` label of calls to a server this proxy does not serve, so names sent by
+callers cannot add series."""
 
 _JSON_HEADERS = {"content-type": "application/json"}
 
@@ -102,6 +109,8 @@ class ProxyHandlers:
                 ok=False,
                 error=ToolError(code=ToolErrorCode.BAD_REQUEST, message=message, server=server),
             )
+        bind_task(request.task_id)
+        annotate_span("gen_ai.tool.name", request.tool)
         log.info("task %s calls %s.%s", request.task_id, request.server, request.tool)
         started = time.perf_counter()
         try:
@@ -128,6 +137,10 @@ class ProxyHandlers:
 
     def status(self) -> McpStatusReply:
         return McpStatusReply(servers=self._connections.status())
+
+    def serves(self, server: str) -> bool:
+        """Whether ``server`` is an enabled server of this proxy (metrics label only those)."""
+        return self._connections.max_request_bytes(server) is not None
 
 
 def _bad_request(model: str, error: ValueError, server: str | None = None) -> ToolError:
@@ -247,7 +260,7 @@ class RpcServer:
             elif msg.subject == self._subjects.mcp_list_tools:
                 reply = self._handlers.list_tools(msg.data)
             else:
-                reply = await self._handlers.call_tool(msg.subject, msg.data)
+                reply = await self._answer_call(msg)
         except Exception as error:  # every request is owed a reply; the traceback is logged
             log.exception("answering a request on %s failed", msg.subject)
             failure = ToolError(
@@ -261,3 +274,30 @@ class RpcServer:
             )
         except NatsError as error:
             log.warning("could not reply on %s: %r", msg.subject, error)
+
+    async def _answer_call(self, msg: Msg) -> CallToolReply:
+        """A tool call, in a span continuing the caller's trace (its request headers carry the
+        context), measured by server and outcome; an exception counts as ``unavailable``, the
+        reply :meth:`_answer` then sends."""
+        server = msg.subject.rsplit(".", 1)[-1]
+        started = time.perf_counter()
+        reply: CallToolReply | None = None
+        try:
+            with handling(f"tools/call {server}", msg.headers, kind=SpanKind.SERVER) as scope:
+                scope.set_attribute("mcp.method.name", "tools/call")
+                scope.set_attribute("opspawn.mcp.server", server)
+                reply = await self._handlers.call_tool(msg.subject, msg.data)
+                if reply.error is not None:
+                    scope.fail(f"{reply.error.code}: {reply.error.message}")
+            return reply
+        finally:
+            error_kind: str | None = ToolErrorCode.UNAVAILABLE
+            if reply is not None and reply.ok:
+                error_kind = None
+            elif reply is not None and reply.error is not None:
+                error_kind = reply.error.code
+            observe_mcp_call(
+                server if self._handlers.serves(server) else UNKNOWN_SERVER_LABEL,
+                error_kind,
+                time.perf_counter() - started,
+            )

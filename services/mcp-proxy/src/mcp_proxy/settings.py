@@ -7,9 +7,10 @@ from pathlib import Path
 from pydantic import Field
 
 from opspawn_contracts.settings import ServiceSettings
+from opspawn_observability.ops_server import OpsSettings
 
 
-class ProxySettings(ServiceSettings):
+class ProxySettings(ServiceSettings, OpsSettings):
     mcp_config: Path | None = None
     """``OPSPAWN_MCP_CONFIG``: the ``mcp_servers.yaml`` to serve. Unset: no servers (a warning)."""
     mcp_connect_timeout: float = Field(default=30.0, gt=0)

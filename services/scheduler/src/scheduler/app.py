@@ -14,12 +14,24 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
 from opspawn_contracts.dead_letters import DeadLetters
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import configure_logging, serve
+from opspawn_contracts.service_process import serve
 from opspawn_contracts.settings import load_settings
 from opspawn_contracts.streams import ensure_streams
+from opspawn_observability import configure_service
+from opspawn_observability.backlog import BacklogSampler
+from opspawn_observability.metrics import count_dead_letter
+from opspawn_observability.ops_server import (
+    ReadinessCheck,
+    consumer_exists,
+    nats_connected,
+    ops_endpoint,
+)
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
 from scheduler.abandoned_work import AbandonedWork
@@ -58,6 +70,29 @@ class Scheduler:
             stopped.cancel()
 
 
+def readiness_checks(
+    client: NatsClient, js: JetStreamContext, settings: SchedulerSettings, projection: Projection
+) -> dict[str, ReadinessCheck]:
+    """What the ops endpoint's ``/readyz`` checks: the NATS connection, the durable consumers
+    the scheduler pulls from, and a projection at most ``OPSPAWN_MAX_READY_LAG`` events behind
+    (the rule ``opspawn status`` reports)."""
+    subjects = settings.subjects
+
+    async def projection_caught_up() -> bool:
+        return await projection.lag() <= settings.max_ready_lag
+
+    return {
+        "nats": nats_connected(client),
+        "commands_consumer": consumer_exists(
+            js, subjects.commands_stream, subjects.scheduler_commands_consumer
+        ),
+        "decisions_consumer": consumer_exists(
+            js, subjects.events_stream, subjects.scheduler_decisions_consumer
+        ),
+        "projection": projection_caught_up,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
     """The scheduler, started and ready, until the block ends.
@@ -77,8 +112,10 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         resources.push_async_callback(client.drain)
         js = client.jetstream()
         subjects = settings.subjects
-        await ensure_streams(js, subjects)
-        dead_letters = DeadLetters(js, subjects, service=SERVICE_NAME)
+        await ensure_streams(js, subjects, settings.stream_settings)
+        dead_letters = DeadLetters(
+            js, subjects, service=SERVICE_NAME, on_recorded=count_dead_letter
+        )
         projection = Projection(
             engine,
             js,
@@ -130,12 +167,23 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         await scheduler.abandoned.start()
         resources.push_async_callback(scheduler.abandoned.stop)
         await scheduler.dispatcher.start()
+        await resources.enter_async_context(
+            ops_endpoint(
+                settings,
+                readiness_checks(client, js, settings, projection),
+                service=SERVICE_NAME,
+            )
+        )
         stop = asyncio.Event()
         scheduler.loops = [
             asyncio.create_task(scheduler.projection.run(stop), name="projection"),
             asyncio.create_task(scheduler.dispatcher.run(stop), name="dispatcher"),
             asyncio.create_task(scheduler.retries.run(stop), name="retries"),
             asyncio.create_task(scheduler.deadlines.run(stop), name="deadlines"),
+            asyncio.create_task(
+                BacklogSampler(js, subjects, lambda: projection.position).run(stop),
+                name="backlog metrics",
+            ),
         ]
         logger.info("ready: prefix %s", settings.subject_prefix)
         try:
@@ -160,5 +208,5 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event) -> None:
 def main() -> None:
     """``python -m scheduler``: configured by ``OPSPAWN_*`` variables, runs until SIGTERM/SIGINT."""
     settings = load_settings(SchedulerSettings)
-    configure_logging(SERVICE_NAME, settings.log_level)
+    configure_service(SERVICE_NAME, log_level=settings.log_level, log_format=settings.log_format)
     serve(lambda stop: run(settings, stop))

@@ -19,18 +19,24 @@ Contract (at-least-once in, one effect out):
   last delivery (the consumer's ``max_deliver``) a command that still fails is dead-lettered
   instead, so it can be re-driven once the cause is fixed.
 
+- Commands of one fetched batch are decided concurrently, except that commands about the same
+  task are decided one after another in stream order (a per-task lock taken in arrival order), so
+  a SubmitTask and a CancelTask of one task cannot overtake each other.
+
 Plain nats-py rather than FastStream: :class:`EventLog` needs the JetStream context of the
 connection the projection also uses, and the durable consumer must be exactly
 :func:`scheduler_commands_consumer`. FastStream would open a second connection and rebuild the
 consumer from its own arguments; one fetch loop on the shared connection is less code, and it
-handles commands one at a time in stream order, which FastStream's concurrent batches do not.
+keeps each task's commands in stream order, which FastStream's concurrent batches do not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from uuid import uuid5
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid5
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -50,6 +56,8 @@ from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView, evolve
 from opspawn_contracts.work import TaskAssignment
+from opspawn_observability.metrics import count_redelivery
+from opspawn_observability.tracing import handling, inject_context
 from scheduler.pull_loop import pull_until_stopped
 from scheduler.rejections import describe
 from scheduler.work_queue import deadline, resolved_options
@@ -87,8 +95,11 @@ def task_submitted(command: SubmitTask) -> TaskSubmitted:
     )
 
 
-def first_assignment(submitted: TaskSubmitted, *, default_max_attempts: int = 1) -> TaskAssignment:
-    """The work item for a task's first attempt, caused by its TaskSubmitted."""
+def first_assignment(
+    submitted: TaskSubmitted, *, default_max_attempts: int = 1, sequence: int | None = None
+) -> TaskAssignment:
+    """The work item for a task's first attempt, caused by its TaskSubmitted (stored at
+    ``sequence``, the task's only event so far, when known)."""
     return TaskAssignment(
         task_id=submitted.task_id,
         task_type=submitted.data.task_type,
@@ -98,6 +109,7 @@ def first_assignment(submitted: TaskSubmitted, *, default_max_attempts: int = 1)
         causation_id=submitted.event_id,
         options=resolved_options(submitted.data.options, default_max_attempts),
         deadline_at=deadline(submitted.occurred_at, submitted.data.options),
+        after_sequence=sequence,
     )
 
 
@@ -116,7 +128,7 @@ class CommandDispatcher:
         js: JetStreamContext,
         subjects: Subjects,
         *,
-        batch_size: int = 16,
+        batch_size: int = 256,
         poll_interval: float = 0.5,
         default_max_attempts: int = 1,
         dead_letters: DeadLetters | None = None,
@@ -132,6 +144,7 @@ class CommandDispatcher:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._subscription: JetStreamContext.PullSubscription | None = None
+        self._task_locks: dict[UUID, tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> JetStreamContext.PullSubscription:
         """Create or bind the durable consumer; its existence is the scheduler's readiness."""
@@ -155,6 +168,7 @@ class CommandDispatcher:
                 batch_size=self._batch_size,
                 poll_interval=self._poll_interval,
                 what="commands",
+                concurrent=True,
             )
         finally:
             self._subscription = None
@@ -163,12 +177,16 @@ class CommandDispatcher:
     async def handle(self, message: Msg) -> None:
         """Decide one delivered command and settle it: ack, term (refused) or nak (retry)."""
         sequence = message.metadata.sequence.stream
+        count_redelivery(DeadLetterSource.COMMANDS, message)
         try:
             command = decode_command(message.data)
-            if isinstance(command, CancelTask):
-                await self.cancel(command)
-            else:
-                await self.submit(command)
+            with handling(type(command).__name__, message.headers) as scope:
+                scope.task(command.task_id)
+                async with self._task_lock(command.task_id):
+                    if isinstance(command, CancelTask):
+                        await self.cancel(command)
+                    else:
+                        await self.submit(command)
         except ValidationError as error:
             logger.error(
                 "refused command at sequence %d on %s: %s",
@@ -187,6 +205,23 @@ class CommandDispatcher:
             await self._not_stored(message, error)
         else:
             await message.ack()
+
+    @contextlib.asynccontextmanager
+    async def _task_lock(self, task_id: UUID) -> AsyncIterator[None]:
+        """Hold ``task_id``'s lock; waiters get it in the order they asked (asyncio locks are
+        fair), which is stream order because handlers start in that order. The lock is dropped
+        when its last user is done."""
+        lock, users = self._task_locks.get(task_id, (asyncio.Lock(), 0))
+        self._task_locks[task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._task_locks[task_id]
+            if users == 1:
+                del self._task_locks[task_id]
+            else:
+                self._task_locks[task_id] = (lock, users - 1)
 
     async def _not_stored(self, message: Msg, error: BaseException) -> None:
         """Redeliver later; at the last delivery, dead-letter instead."""
@@ -223,17 +258,20 @@ class CommandDispatcher:
     async def submit(self, command: SubmitTask) -> None:
         """Record the task's submission and queue its first attempt; safe to repeat."""
         submitted = task_submitted(command)
+        sequence: int | None
         try:
-            await self._events.append(submitted, expected_version=0)
+            sequence = await self._events.append(submitted, expected_version=0)
         except ConcurrencyConflict:
             stored = await self._stored_submission(command)
             if stored is None:
                 return
-            submitted = stored
+            submitted, sequence = stored, None
         else:
             logger.info("task %s submitted (%s)", command.task_id, command.task_type)
         await self._queue(
-            first_assignment(submitted, default_max_attempts=self._default_max_attempts)
+            first_assignment(
+                submitted, default_max_attempts=self._default_max_attempts, sequence=sequence
+            )
         )
 
     async def cancel(self, command: CancelTask) -> None:
@@ -258,7 +296,7 @@ class CommandDispatcher:
                 logger.info("cancel of task %s: already %s", command.task_id, state.status)
                 return
             try:
-                await self._events.append(cancelled, expected_version=history[-1].sequence)
+                await self._events.append(cancelled, expected_version=history.last_sequence)
             except ConcurrencyConflict:
                 continue
             logger.info("task %s cancelled", command.task_id)
@@ -296,11 +334,13 @@ class CommandDispatcher:
         return first
 
     async def _queue(self, assignment: TaskAssignment) -> None:
+        headers = {"Nats-Msg-Id": assignment.msg_id()}
+        inject_context(headers)
         ack = await self._js.publish(
             self._subjects.work(assignment.task_type),
             assignment.model_dump_json().encode(),
             stream=self._subjects.work_stream,
-            headers={"Nats-Msg-Id": assignment.msg_id()},
+            headers=headers,
         )
         logger.info(
             "task %s attempt %d %s",

@@ -41,8 +41,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.events import Event, decode_event
+from opspawn_contracts.event_log import read_event
+from opspawn_contracts.events import Event
 from opspawn_contracts.subjects import Subjects
+from opspawn_observability.metrics import count_projected, record_projection_progress
 from opspawn_readmodel.projector import TaskProjector
 from scheduler.rejections import describe
 
@@ -161,7 +163,7 @@ class Projection:
         for message in messages:
             sequence = message.metadata.sequence.stream
             try:
-                event: Event | None = decode_event(message.data)
+                event: Event | None = read_event(self._subjects, message.subject, message.data)
             except ValidationError as error:
                 reason = f"not a valid event: {describe(error)}"
                 logger.error(
@@ -174,6 +176,7 @@ class Projection:
                 event = None
             batch.append((sequence, event))
         if await self._store(batch, messages, stop):
+            record_projection_progress(self._subjects.events_stream, messages[-1])
             await self._reach(batch[-1][0])
 
     async def _store(
@@ -231,6 +234,7 @@ class Projection:
         return True
 
     def _count(self, batch: list[tuple[int, Event | None]], applied: int, superseded: int) -> None:
+        count_projected(event for _, event in batch)
         stats = self.stats
         stats.events_applied += applied
         stats.events_superseded += superseded

@@ -1,6 +1,10 @@
 """The fetch loop the scheduler's durable pull consumers share (commands, decisions).
 
-Messages of a batch are handled one after another, in stream order; a fetch that finds nothing
+Messages of a batch are handled one after another, in stream order, or, with ``concurrent=True``,
+all at once (each handler started in stream order; a handler that must keep the order of related
+messages serialises them itself, see :class:`scheduler.dispatch.CommandDispatcher`). Under load
+the concurrent mode keeps many appends in flight instead of waiting for each acknowledgement in
+turn. A fetch that finds nothing
 is not an error; a NATS failure (a restart, a lost connection) is logged and retried after a pause
 that a stop cuts short. On stop, the batch in hand is finished first.
 """
@@ -27,6 +31,7 @@ async def pull_until_stopped(
     batch_size: int,
     poll_interval: float,
     what: str,
+    concurrent: bool = False,
 ) -> None:
     """Fetch and ``handle`` messages until ``stop`` is set; ``what`` names them in logs."""
     while not stop.is_set():
@@ -40,5 +45,8 @@ async def pull_until_stopped(
                 async with asyncio.timeout(poll_interval):
                     await stop.wait()
             continue
-        for message in messages:
-            await handle(message)
+        if concurrent:
+            await asyncio.gather(*(handle(message) for message in messages))
+        else:
+            for message in messages:
+                await handle(message)

@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.event_log import EventLog, StoredEvent, read_event
 from opspawn_contracts.events import (
     Event,
     TaskAttemptFailed,
@@ -41,12 +41,12 @@ from opspawn_contracts.events import (
     TaskFailedData,
     TaskRetryScheduled,
     TaskRetryScheduledData,
-    decode_event,
     utc_now,
 )
 from opspawn_contracts.streams import scheduler_decisions_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView
+from opspawn_observability.tracing import handling
 from scheduler.pull_loop import pull_until_stopped
 from scheduler.rejections import describe
 from scheduler.task_decisions import HistoryKeptMoving, RetryPolicy, append_decision, fold
@@ -122,12 +122,14 @@ class Retries:
     async def handle(self, message: Msg) -> None:
         """React to one event and settle its message: ack, nak (timer or retry), or term."""
         try:
-            event = decode_event(message.data)
+            event = read_event(self._subjects, message.subject, message.data)
         except ValidationError as error:
             await self._give_up(message, f"not a valid event: {describe(error)}")
             return
         try:
-            wait = await self.react(event)
+            with handling(f"decide after {event.event_type}", message.headers) as scope:
+                scope.task(event.task_id)
+                wait = await self.react(event)
         except (nats.errors.Error, TimeoutError, HistoryKeptMoving) as error:
             await self._failed(message, error)
             return

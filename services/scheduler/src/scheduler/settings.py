@@ -10,10 +10,11 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from opspawn_contracts.events import MAX_TASK_ATTEMPTS
 from opspawn_contracts.settings import ServiceSettings
+from opspawn_observability.ops_server import OpsSettings
 from opspawn_readmodel.database import PostgresUrl
 
 
-class SchedulerSettings(ServiceSettings):
+class SchedulerSettings(ServiceSettings, OpsSettings):
     database_url: PostgresUrl
     """Postgres of the read model; ``postgresql://`` or ``postgresql+asyncpg://``."""
     migrate_on_start: bool = True

@@ -43,7 +43,7 @@ async def append_decision(log: EventLog, task_id: UUID, decide: Decide) -> int |
         if event is None:
             return None
         try:
-            return await log.append(event, expected_version=history[-1].sequence if history else 0)
+            return await log.append(event, expected_version=history.last_sequence)
         except ConcurrencyConflict:
             continue
     raise HistoryKeptMoving(f"task {task_id}: its history kept moving ({DECISION_TRIES} tries)")

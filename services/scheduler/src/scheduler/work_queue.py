@@ -20,6 +20,7 @@ from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView
 from opspawn_contracts.work import TaskAssignment
+from opspawn_observability.tracing import inject_context
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ def assignment_for(
 
 
 async def queue(js: JetStreamContext, subjects: Subjects, assignment: TaskAssignment) -> bool:
-    """Publish ``assignment``; ``False`` if the queue already had it (a duplicate)."""
+    """Publish ``assignment`` (with the current trace context); ``False`` if the queue already
+    had it (a duplicate)."""
+    headers = {"Nats-Msg-Id": assignment.msg_id()}
+    inject_context(headers)
     ack = await js.publish(
         subjects.work(assignment.task_type),
         assignment.model_dump_json().encode(),
         stream=subjects.work_stream,
-        headers={"Nats-Msg-Id": assignment.msg_id()},
+        headers=headers,
     )
     logger.info(
         "task %s attempt %d %s",

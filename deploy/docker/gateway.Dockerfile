@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+# The Opspawn gateway: REST (port 8000) and gRPC (port 50051); stateless, scale freely. Build from
+# the repository root:
+#   docker build -f deploy/docker/gateway.Dockerfile -t opspawn/gateway .
+#
+# tests/deploy/test_images.py builds a venv the way the builder stage does (its COPY and `uv sync`
+# lines) and starts it the way the final stage does (its ENV, ENTRYPOINT and HEALTHCHECK), against
+# a real NATS and PostgreSQL: keep those instructions in the plain forms it reads.
+
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+# --- builder: the locked dependencies and the workspace packages, as wheels, in /opt/venv --------
+FROM python:3.11-slim-bookworm AS builder
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
+WORKDIR /src
+# The dependencies first, from the lock and every member's pyproject.toml only: this layer is
+# rebuilt when the lock changes, not at every source edit.
+COPY pyproject.toml uv.lock ./
+COPY libs/agentkit/pyproject.toml libs/agentkit/
+COPY libs/api/pyproject.toml libs/api/
+COPY libs/cli/pyproject.toml libs/cli/
+COPY libs/contracts/pyproject.toml libs/contracts/
+COPY libs/observability/pyproject.toml libs/observability/
+COPY libs/readmodel/pyproject.toml libs/readmodel/
+COPY services/agent-runner/pyproject.toml services/agent-runner/
+COPY services/gateway/pyproject.toml services/gateway/
+COPY services/mcp-proxy/pyproject.toml services/mcp-proxy/
+COPY services/scheduler/pyproject.toml services/scheduler/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --package opspawn-gateway --frozen --no-dev --no-editable --no-install-workspace
+COPY libs libs
+COPY services services
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --package opspawn-gateway --frozen --no-dev --no-editable
+
+# --- final: the interpreter and the venv; no compilers, no uv, no sources, not root -------------
+FROM python:3.11-slim-bookworm
+RUN groupadd --system --gid 10001 opspawn \
+    && useradd --system --uid 10001 --gid opspawn --create-home --home-dir /home/opspawn \
+        --shell /usr/sbin/nologin opspawn
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    OPSPAWN_HTTP_HOST=0.0.0.0 \
+    OPSPAWN_HTTP_PORT=8000 \
+    OPSPAWN_GRPC_HOST=0.0.0.0 \
+    OPSPAWN_GRPC_PORT=50051
+USER 10001:10001
+WORKDIR /home/opspawn
+EXPOSE 8000 50051
+# On SIGTERM the gateway stops accepting, lets in-flight HTTP and gRPC calls finish within
+# OPSPAWN_SHUTDOWN_GRACE_SECONDS, and exits 0.
+STOPSIGNAL SIGTERM
+# Healthy = ready: its /readyz answers 200 once NATS and the read model answer.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ['OPSPAWN_HTTP_PORT'], timeout=4)"]
+ENTRYPOINT ["python", "-m", "gateway"]
