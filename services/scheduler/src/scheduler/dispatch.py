@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from opspawn_contracts.commands import CancelTask, SubmitTask, decode_command
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
+from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
 from opspawn_contracts.events import (
     TaskCancelled,
     TaskCancelledData,
@@ -198,6 +198,9 @@ class CommandDispatcher:
         except CommandRejected as error:
             logger.error("refused command at sequence %d: %s", sequence, error)
             await message.term()
+        except EventTooLarge as error:  # every delivery would fail the same way
+            logger.error("refused command at sequence %d: %s", sequence, error)
+            await self._dead_letter(message, f"its event cannot be stored: {error}")
         except (nats.errors.Error, TimeoutError) as error:
             await self._not_stored(message, error)
         except Exception as error:  # a bug in one command must not stop the others
