@@ -135,9 +135,10 @@ async def test_a_command_whose_event_would_exceed_the_limit_is_dead_lettered_not
     """The command fits the commands stream, but the TaskSubmitted it becomes is a little larger:
     its payload alone fits NATS' max_payload and only the headers of the append push it over. The
     append refuses it before sending; the command is dead-lettered at once (every delivery would
-    fail the same way), and the scheduler keeps its process. (Unchecked, the server answered the append with -ERR 'Maximum
-    Payload Violation' and closed the scheduler's connection, nats-py does not reconnect after a
-    protocol error, and the scheduler exited and was restarted at each delivery of the command.)"""
+    fail the same way), and the scheduler keeps its process. (Unchecked, the server answered the
+    append with -ERR 'Maximum Payload Violation' and closed the scheduler's connection, nats-py
+    does not reconnect after a protocol error, and the scheduler exited and was restarted at each
+    delivery of the command.)"""
     limit = probe.client.max_payload
     empty = _submit_command(blob="")
     overhead = len(task_submitted(empty).model_dump_json())
