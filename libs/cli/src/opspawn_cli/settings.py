@@ -21,6 +21,10 @@ class CliSettings(BaseSettings):
     """External NATS; unset: ``up`` starts an embedded nats-server."""
     database_url: str | None = None
     """External PostgreSQL; unset: ``up`` starts an embedded PostgreSQL 16."""
+    nats_sync_always: bool = True
+    """The embedded nats-server fsyncs every write before acknowledging it (JetStream
+    ``sync_interval: always``). ``false`` trades that for throughput: acknowledged events can be
+    lost when the machine (not only the process) crashes; ``up`` then warns on every start."""
     mcp_config: Path | None = None
     """MCP servers file; unset: ``up`` writes a demo configuration into the data directory."""
     data_dir: Path = Path(".opspawn")

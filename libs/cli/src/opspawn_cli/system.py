@@ -2,8 +2,9 @@
 
 Infrastructure that is not configured is embedded (a private nats-server and PostgreSQL under the
 data directory, on their own ports, never the machine's 4222/5432). The read model is migrated
-once, then each service starts as its own process under the :class:`Supervisor`, and the system
-counts as ready only when every service has said so in its own way:
+once, then each service starts as its own process under the :class:`Supervisor`, which also
+restarts an embedded server that dies (same port, same data), and the system counts as ready only
+when every service has said so in its own way:
 
 - gateway: ``GET /healthz`` answers 200;
 - scheduler and runners: their durable JetStream consumers exist;
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
 import sys
 import time
@@ -28,13 +31,19 @@ from nats.js.errors import NotFoundError
 from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from opspawn_cli.endpoints import write_endpoints
 from opspawn_cli.settings import CliSettings
-from opspawn_cli.supervisor import ServiceSpec, Supervisor
+from opspawn_cli.supervisor import ServiceSpec, SupervisedServer, Supervisor
 from opspawn_contracts.events import DEFAULT_TENANT
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
 
 READY_TIMEOUT_SECONDS = 60.0
+UNSYNCED_WARNING = (
+    "OPSPAWN_NATS_SYNC_ALWAYS=false: JetStream acknowledges events before they are on disk; "
+    "a machine crash or power loss can lose acknowledged tasks and events"
+)
+
+log = logging.getLogger("opspawn.up")
 
 
 class StartupError(RuntimeError):
@@ -105,6 +114,16 @@ class LocalSystem:
         """What was embedded and where, for the start-up banner."""
 
     @property
+    def embedded_nats(self) -> EmbeddedNats | None:
+        """The nats-server started because none was configured (``None`` otherwise)."""
+        return self._nats
+
+    @property
+    def embedded_postgres(self) -> EmbeddedPostgres | None:
+        """The PostgreSQL started because none was configured (``None`` otherwise)."""
+        return self._postgres
+
+    @property
     def rest_url(self) -> str:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
@@ -136,14 +155,23 @@ class LocalSystem:
         logs = self._data_dir / "logs"
         logs.mkdir(exist_ok=True)
         if not self.nats_url:
-            self._nats = EmbeddedNats(self._data_dir / "nats", log_file=logs / "nats-server.log")
+            self._nats = EmbeddedNats(
+                self._data_dir / "nats",
+                log_file=logs / "nats-server.log",
+                sync_always=settings.nats_sync_always,
+            )
             await asyncio.to_thread(self._nats.start)
             self.nats_url = self._nats.url
             self.notes.append(
                 f"embedded nats-server {self.nats_url} (store {self._nats.store_dir})"
             )
+            if not settings.nats_sync_always:
+                log.warning(UNSYNCED_WARNING)
+                self.notes.append(f"WARNING: {UNSYNCED_WARNING}")
         if not self.database_url:
-            self._postgres = EmbeddedPostgres(self._data_dir / "postgres")
+            self._postgres = EmbeddedPostgres(
+                self._data_dir / "postgres", log_file=logs / "postgres.log"
+            )
             await asyncio.to_thread(self._postgres.start)
             self.database_url = self._postgres.url()
             self.notes.append(f"embedded PostgreSQL 16 (data {self._postgres.data_dir})")
@@ -168,6 +196,10 @@ class LocalSystem:
             "OPSPAWN_GRPC_HOST": settings.grpc_host,
             "OPSPAWN_GRPC_PORT": str(settings.grpc_port),
             "OPSPAWN_LOG_LEVEL": settings.log_level,
+            # Readable lines when echoed to a terminal (opspawn up), else the services' JSON.
+            "OPSPAWN_LOG_FORMAT": os.environ.get(
+                "OPSPAWN_LOG_FORMAT", "console" if self._echo is not None else "json"
+            ),
             "OPSPAWN_DEV_DISABLE_AUTH": "false" if self.auth else "true",
             **self._service_env,
         }
@@ -182,7 +214,14 @@ class LocalSystem:
             ),
             ServiceSpec("gateway", "gateway"),
         ]
-        self.supervisor = Supervisor(services, base_env=base_env, log_dir=logs, echo=self._echo)
+        servers: dict[str, SupervisedServer] = {}
+        if self._nats is not None:
+            servers["nats-server"] = self._nats
+        if self._postgres is not None:
+            servers["postgres"] = self._postgres
+        self.supervisor = Supervisor(
+            services, base_env=base_env, log_dir=logs, echo=self._echo, servers=servers
+        )
         await self.supervisor.start()
         await self.wait_ready()
         self._endpoints = write_endpoints(
