@@ -297,12 +297,16 @@ async def test_the_runner_times_the_task_out_at_its_deadline(
     assert (timed_out.occurred_at - started).total_seconds() < 5
 
 
-async def test_a_copy_of_a_running_attempt_is_dropped_without_running(
+async def test_a_copy_of_a_running_attempt_runs_nothing_and_is_finished_with_when_it_returns(
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
-    """The same attempt queued again after the dedup window: its first delivery runs nothing."""
+    """The same attempt queued again after the dedup window: its first delivery runs nothing and
+    leaves the item; when it comes back (``ack_wait``) the task has completed and it is acked."""
     assignment = await _submit(jetstream, subjects, _sleep(1))
-    async with running(_settings(nats_server, subjects, "runner-a")):
+    settings = _settings(nats_server, subjects, "runner-a").model_copy(
+        update={"work_ack_wait_seconds": 4.0}
+    )
+    async with running(settings):
         await _history_with(
             jetstream, subjects, assignment.task_id, lambda types: "TaskStarted" in types
         )
@@ -313,6 +317,45 @@ async def test_a_copy_of_a_running_attempt_is_dropped_without_running(
             headers={"Nats-Msg-Id": f"{assignment.msg_id()}:copy"},
         )
         history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+
+        async def original_acked() -> bool:
+            return (await jetstream.stream_info(subjects.work_stream)).state.messages <= 1
+
+        await _eventually(original_acked, "the original work item to be acked", 3)
+        await asyncio.sleep(0.5)
+        left = (await jetstream.stream_info(subjects.work_stream)).state.messages
         await _work_acked(jetstream, subjects)
 
+    assert left == 1, "the copy was acknowledged at its first delivery"
     assert [stored.event.event_type for stored in history].count("TaskStarted") == 1
+
+
+async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over_later(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """What a nats-server crash can do: the consumer forgets a delivery, so the work item of an
+    attempt that started (and whose runner gave up on it) arrives again as a *first* delivery.
+    It must not be acknowledged as a copy: the task would never finish."""
+    assignment = await _submit(
+        jetstream, subjects, [{"tool": "math.add", "args": {"a": 1, "b": 2}}]
+    )
+    await EventLog(jetstream, subjects).append(
+        TaskStarted(
+            task_id=assignment.task_id,
+            correlation_id=assignment.correlation_id,
+            causation_id=assignment.causation_id,
+            data=TaskStartedData(attempt=1, runner_id="gone"),
+        )
+    )
+    async with running(
+        _settings(nats_server, subjects, "runner-a"), consumer_config=_short_ack_wait(subjects)
+    ):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    starts = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    assert [(s.data.runner_id, s.data.attempt, s.data.supersedes_attempt) for s in starts] == [
+        ("gone", 1, None),
+        ("runner-a", 2, 1),
+    ]
+    assert history[-1].event.event_type == "TaskCompleted"

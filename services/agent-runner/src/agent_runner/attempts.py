@@ -9,8 +9,13 @@ may say otherwise. :func:`claim` decides:
 - attempt ``n`` started and this is a *redelivery* (its runner stopped heart-beating, gave the
   work back, or failed to store an event): take the task over as attempt ``started + 1``,
   fencing the previous one off (``TaskStarted.supersedes_attempt`` says so);
-- attempt ``n`` started and this is the item's *first* delivery: a copy of an item already
-  running (queued again after the dedup window), nothing to run;
+- attempt ``n`` started and this is the item's *first* delivery: either a copy of an item
+  already running (queued again after the dedup window) or the item itself, delivered again by a
+  server that lost its record of the earlier delivery (a nats-server crash can: its consumer
+  state is not synced with every delivery). Nothing runs now, and the item is *left*, not
+  acknowledged: it comes back after ``ack_wait`` as a redelivery, and is then finished with
+  (the task ended meanwhile) or taken over (it did not). Acknowledging it would lose the task in
+  the second case, with no item left to finish it;
 - attempt ``n`` already ended with TaskAttemptFailed: the scheduler decides what comes next.
 
 The claim holds only if TaskStarted is appended at the sequence the history ended at; the caller
@@ -37,12 +42,21 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class NothingToRun:
+    """The work item is done with: acknowledge it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartedElsewhere:
+    """The attempt started before this first delivery: leave the item for its redelivery."""
+
     reason: str
 
 
 def claim(
     assignment: TaskAssignment, history: TaskHistory, *, redelivered: bool
-) -> Claim | NothingToRun:
+) -> Claim | NothingToRun | StartedElsewhere:
     state: TaskView | None = None
     for stored in history:
         state = evolve(state, stored.event)
@@ -58,7 +72,7 @@ def claim(
     if _ended(history, state.attempt):
         return NothingToRun(f"attempt {state.attempt} ended; the scheduler decides what is next")
     if not redelivered:
-        return NothingToRun(f"attempt {state.attempt} already started (a copy of its work item)")
+        return StartedElsewhere(f"attempt {state.attempt} already started")
     return Claim(state.attempt + 1, state.attempt, after)
 
 

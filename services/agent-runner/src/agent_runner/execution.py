@@ -28,7 +28,7 @@ from enum import Enum
 
 from nats.errors import Error as NatsError
 
-from agent_runner.attempts import Claim, NothingToRun, claim
+from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain, fold
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
 from agent_runner.planner_selection import PlannerSelection
@@ -133,6 +133,10 @@ class TaskExecution:
                 logger.info("%s attempt %d: %s; acknowledging it", task, assignment.attempt,
                             claimed.reason)  # fmt: skip
                 return Disposition.ACK
+            if isinstance(claimed, StartedElsewhere):
+                logger.info("%s attempt %d: %s; leaving the work item to come back", task,
+                            assignment.attempt, claimed.reason)  # fmt: skip
+                return Disposition.LEAVE
             chain, assignment = claimed
             task = f"task {assignment.task_id} attempt {assignment.attempt}"
             try:
@@ -165,7 +169,7 @@ class TaskExecution:
 
     async def _claim(
         self, assignment: TaskAssignment, *, redelivered: bool
-    ) -> tuple[EventChain, TaskAssignment] | NothingToRun:
+    ) -> tuple[EventChain, TaskAssignment] | NothingToRun | StartedElsewhere:
         """Decide the attempt and append its TaskStarted where the history ended.
 
         A first delivery that knows where the history ended when it was queued starts there
@@ -181,7 +185,7 @@ class TaskExecution:
                 return started
         for _ in range(CLAIM_TRIES):
             decision = claim(assignment, await self._history(assignment), redelivered=redelivered)
-            if isinstance(decision, NothingToRun):
+            if isinstance(decision, NothingToRun | StartedElsewhere):
                 return decision
             started = await self._start(assignment, decision)
             if started is not None:
