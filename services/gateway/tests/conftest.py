@@ -40,6 +40,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView, evolve
+from opspawn_readmodel.announcements import announce_new_tasks
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.queries import ReadModel
@@ -86,9 +87,10 @@ class SchedulerStandIn:
             ),
         )
 
-    async def project(self, *events: Event) -> list[int]:
+    async def project(self, *events: Event, announce: bool = True) -> list[int]:
         """Append ``events`` to the events stream, then apply them to the read model in one
-        transaction, as the scheduler's projection does; returns their stream sequences."""
+        transaction that announces the new tasks (unless told not to), as the scheduler's
+        projection does; returns their stream sequences."""
         sequences = [await self._log.append(event) for event in events]
         read_model = ReadModel(self._engine)
         states: dict[UUID, TaskView | None] = {}
@@ -120,6 +122,10 @@ class SchedulerStandIn:
                     insert(tasks)
                     .values(**row)
                     .on_conflict_do_update(index_elements=[tasks.c.task_id], set_=row)
+                )
+            if announce:
+                await announce_new_tasks(
+                    connection, (e.task_id for e in events if isinstance(e, TaskSubmitted))
                 )
         return sequences
 

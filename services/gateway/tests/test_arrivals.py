@@ -1,14 +1,17 @@
-"""Read-after-write waiting: many waiters, one poller, bounded waits."""
+"""Read-after-write waiting: many waiters, one look for all of them, woken by the projection's
+announcements, and still answered when announcements are missed or the listener is cut off."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.arrivals import TaskArrivals
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
@@ -62,6 +65,107 @@ async def test_an_unreadable_read_model_is_raised_to_the_waiter(database_url: st
     try:
         with pytest.raises((SQLAlchemyError, OSError)):
             await arrivals.wait(uuid4(), timeout=5)
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+
+async def _until_listening(arrivals: TaskArrivals, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not arrivals.listening:
+        assert time.monotonic() < deadline, "the arrivals never listened for announcements"
+        await asyncio.sleep(0.01)
+
+
+async def _first_wait(arrivals: TaskArrivals) -> None:
+    """Start the listener (it starts with the first wait) and let it listen."""
+    assert await arrivals.wait(uuid4(), timeout=0.01) is None
+    await _until_listening(arrivals)
+
+
+async def test_an_announcement_wakes_its_waiter_without_polling(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    """With polling set to an hour, only the projection's announcement can answer in time."""
+    engine = create_engine(database_url, pool_size=2)
+    arrivals = TaskArrivals(engine, poll_interval=3600, look_anyway_interval=3600)
+    event = _submitted()
+    try:
+        await _first_wait(arrivals)
+        waiting = asyncio.create_task(arrivals.wait(event.task_id, timeout=10))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await scheduler.project(event)
+        arrived = await waiting
+        waited = time.monotonic() - started
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+    assert arrived is not None
+    assert arrived.task_id == event.task_id
+    assert waited < 5, f"answered after {waited:.1f} s: not by the announcement"
+
+
+async def test_a_task_stored_without_announcement_is_still_found(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    engine = create_engine(database_url, pool_size=2)
+    arrivals = TaskArrivals(engine, look_anyway_interval=0.05)
+    event = _submitted()
+    try:
+        await _first_wait(arrivals)
+        waiting = asyncio.create_task(arrivals.wait(event.task_id, timeout=10))
+        await asyncio.sleep(0.05)
+        await scheduler.project(event, announce=False)
+        arrived = await waiting
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+    assert arrived is not None
+    assert arrived.task_id == event.task_id
+
+
+async def _terminate_listening_session(database_url: str) -> int:
+    admin: AsyncEngine = create_engine(database_url, pool_size=1)
+    try:
+        async with admin.connect() as connection:
+            ended = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query ILIKE 'LISTEN %' AND pid <> pg_backend_pid() "
+                    "AND datname = current_database()"
+                )
+            )
+    finally:
+        await admin.dispose()
+    return int(ended or 0)
+
+
+async def test_a_lost_listening_session_is_replaced_and_waiters_are_answered_meanwhile(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    engine = create_engine(database_url, pool_size=2)
+    arrivals = TaskArrivals(engine, look_anyway_interval=3600)
+    before, during, after = _submitted(), _submitted(), _submitted()
+    try:
+        await _first_wait(arrivals)
+        waiting = asyncio.create_task(arrivals.wait(before.task_id, timeout=10))
+        await asyncio.sleep(0.05)
+        await scheduler.project(before)
+        assert await waiting is not None
+
+        assert await _terminate_listening_session(database_url) == 1
+        waiting = asyncio.create_task(arrivals.wait(during.task_id, timeout=10))
+        await scheduler.project(during)
+        assert await waiting is not None, "not answered while the listener was reconnecting"
+
+        await _until_listening(arrivals)
+        waiting = asyncio.create_task(arrivals.wait(after.task_id, timeout=10))
+        await asyncio.sleep(0.05)
+        await scheduler.project(after)
+        assert await waiting is not None
     finally:
         await arrivals.close()
         await engine.dispose()

@@ -1,11 +1,17 @@
 """Waiting for new tasks to reach the read model: read-after-write for many requests at once.
 
-Every submission waits (bounded) until the projection shows its task. Polling the read model per
-request would cost each waiting request a query every few milliseconds, so under load most of
-the database's work would be asking "is it there yet?". Instead, one poller asks for all the
-tasks waited on at once (``task_id = ANY(...)``) every :data:`POLL_INTERVAL` seconds and wakes
-each waiter whose task has arrived: one query per interval, however many requests wait.
-The poller runs only while someone waits.
+Every submission waits (bounded) until the projection shows its task. The projection announces
+the tasks each of its transactions inserts when it commits
+(:mod:`opspawn_readmodel.announcements`); :class:`TaskArrivals` keeps one session listening and,
+on each announcement naming a task someone waits for, reads those rows: no query while nothing
+arrives, and no polling delay between the commit and the answer.
+
+Announcements are hints: one made while the listening session was down is never heard. So while
+anyone waits, the rows of every waited-for task are also read every :data:`LOOK_ANYWAY_INTERVAL`
+seconds (this also finds a task announced before its request began to wait), and while no session
+listens (the database restarting, say) every :data:`POLL_INTERVAL` seconds, as a plain poller
+would. Each look is one query for all the tasks it concerns (``task_id = ANY(...)``), however
+many requests wait.
 """
 
 from __future__ import annotations
@@ -20,19 +26,46 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.task import TaskView
+from opspawn_readmodel.announcements import AnnouncementsUnavailable, listen_for_new_tasks
 from opspawn_readmodel.tables import tasks
 
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.005
+"""Seconds between looks while no session listens for announcements."""
+LOOK_ANYWAY_INTERVAL = 0.05
+"""Seconds between looks for every waited-for task while listening (missed announcements)."""
+LISTEN_RETRY_START = 0.1
+LISTEN_RETRY_MAX = 5.0
 
 
 class TaskArrivals:
-    def __init__(self, engine: AsyncEngine, *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        look_anyway_interval: float = LOOK_ANYWAY_INTERVAL,
+        listen: bool = True,
+    ) -> None:
+        """``listen=False`` never listens: every look is a poll every ``poll_interval``."""
         self._engine = engine
         self._poll_interval = poll_interval
+        self._look_anyway_interval = look_anyway_interval
+        self._listen = listen
         self._waiting: dict[UUID, list[asyncio.Future[TaskView]]] = {}
+        self._announced: set[UUID] = set()
+        """Waited-for tasks announced since the last look."""
+        self._look_for_all = False
+        self._news = asyncio.Event()
+        self._listening = False
+        self._listener: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether a session listens for announcements now."""
+        return self._listening
 
     async def wait(self, task_id: UUID, timeout: float) -> TaskView | None:
         """The task once the read model has it, or ``None`` after ``timeout`` seconds.
@@ -42,6 +75,8 @@ class TaskArrivals:
         """
         future: asyncio.Future[TaskView] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(task_id, []).append(future)
+        if self._listen and self._listener is None:
+            self._listener = asyncio.create_task(self._keep_listening(), name="new-task listener")
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll(), name="read-after-write poller")
         try:
@@ -57,28 +92,55 @@ class TaskArrivals:
                 self._waiting.pop(task_id, None)
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _poll(self) -> None:
         while self._waiting:
-            ids = list(self._waiting)
-            try:
-                async with self._engine.connect() as connection:
-                    rows = (
-                        await connection.execute(select(tasks).where(tasks.c.task_id.in_(ids)))
-                    ).all()
-            except (SQLAlchemyError, OSError) as error:
-                self._fail_all(error)
-            else:
-                for row in rows:
-                    view = TaskView.model_validate(row._asdict())
-                    for future in self._waiting.pop(view.task_id, []):
-                        if not future.done():
-                            future.set_result(view)
+            ids = self._ids_to_look_for()
+            if ids:
+                await self._look_for(ids)
+            await self._until_next_look()
+
+    def _ids_to_look_for(self) -> list[UUID]:
+        if not self._listening or self._look_for_all:
+            self._look_for_all = False
+            self._announced.clear()
+            return list(self._waiting)
+        ids = [task_id for task_id in self._announced if task_id in self._waiting]
+        self._announced.clear()
+        return ids
+
+    async def _until_next_look(self) -> None:
+        if not self._listening:
             await asyncio.sleep(self._poll_interval)
+            return
+        if self._announced or self._look_for_all:
+            return
+        self._news.clear()
+        try:
+            async with asyncio.timeout(self._look_anyway_interval):
+                await self._news.wait()
+        except TimeoutError:
+            self._look_for_all = True
+
+    async def _look_for(self, ids: list[UUID]) -> None:
+        try:
+            async with self._engine.connect() as connection:
+                rows = (
+                    await connection.execute(select(tasks).where(tasks.c.task_id.in_(ids)))
+                ).all()
+        except (SQLAlchemyError, OSError) as error:
+            self._fail_all(error)
+            return
+        for row in rows:
+            view = TaskView.model_validate(row._asdict())
+            for future in self._waiting.pop(view.task_id, []):
+                if not future.done():
+                    future.set_result(view)
 
     def _fail_all(self, error: Exception) -> None:
         logger.warning("read model unavailable while waiting for new tasks: %r", error)
@@ -87,3 +149,37 @@ class TaskArrivals:
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
+
+    # --- announcements -----------------------------------------------------------------------
+
+    async def _keep_listening(self) -> None:
+        """Listen for announcements for as long as this object lives, reconnecting with backoff
+        after the session is lost."""
+        delay = LISTEN_RETRY_START
+        while True:
+            try:
+                await listen_for_new_tasks(self._engine, self._announcement, self._now_listening)
+            except AnnouncementsUnavailable as error:
+                logger.warning("%s; polling every %.3f s meanwhile", error, self._poll_interval)
+            else:
+                logger.warning("lost the session listening for new tasks; reconnecting")
+                delay = LISTEN_RETRY_START
+            finally:
+                self._listening = False
+                self._news.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    def _now_listening(self) -> None:
+        self._listening = True
+        self._look_for_all = True  # whatever was announced before this session listened
+        self._news.set()
+
+    def _announcement(self, task_ids: frozenset[UUID] | None) -> None:
+        if task_ids is None:
+            self._look_for_all = True
+        else:
+            self._announced.update(task_id for task_id in task_ids if task_id in self._waiting)
+            if not self._announced:
+                return
+        self._news.set()

@@ -7,6 +7,9 @@ Contract:
   writes the rows and moves the checkpoint together. Under load batches fill up by themselves
   (events arrive while the previous batch commits); when idle each event commits on its own at
   once, so batching adds no latency.
+- The tasks a batch submits are announced when it commits
+  (:mod:`opspawn_readmodel.announcements`): the gateway's read-after-write waits on that rather
+  than polling.
 - An event at or below the checkpoint has no effect (see :mod:`opspawn_readmodel.projector`).
 - An event whose payload fails validation, or whose content Postgres refuses to store, is logged
   at ERROR with its sequence, copied to the dead-letter stream with the reason, and stepped over:
@@ -42,9 +45,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.event_log import read_event
-from opspawn_contracts.events import Event
+from opspawn_contracts.events import Event, TaskSubmitted
 from opspawn_contracts.subjects import Subjects
 from opspawn_observability.metrics import count_projected, record_projection_progress
+from opspawn_readmodel.announcements import announce_new_tasks
 from opspawn_readmodel.projector import TaskProjector
 from scheduler.rejections import describe
 
@@ -188,6 +192,10 @@ class Projection:
             try:
                 async with self._engine.begin() as connection:
                     outcome = await self.projector.apply_batch(connection, batch)
+                    await announce_new_tasks(
+                        connection,
+                        (event.task_id for _, event in batch if isinstance(event, TaskSubmitted)),
+                    )
             except DBAPIError as error:
                 if _refuses_content(error):
                     if len(batch) > 1:
