@@ -78,9 +78,11 @@ async def _until_listening(arrivals: TaskArrivals, timeout: float = 10.0) -> Non
 
 
 async def _first_wait(arrivals: TaskArrivals) -> None:
-    """Start the listener (it starts with the first wait) and let it listen."""
+    """Start the listener (it starts with the first wait), let it listen, and let the look for
+    everything that listening begins with go by."""
     assert await arrivals.wait(uuid4(), timeout=0.01) is None
     await _until_listening(arrivals)
+    assert await arrivals.wait(uuid4(), timeout=0.1) is None
 
 
 async def test_an_announcement_wakes_its_waiter_without_polling(
@@ -169,3 +171,61 @@ async def test_a_lost_listening_session_is_replaced_and_waiters_are_answered_mea
     finally:
         await arrivals.close()
         await engine.dispose()
+
+
+async def test_a_task_announced_before_its_request_waits_is_answered_at_once(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    """The gateway's loop can run the announcement before the request resumes from its
+    publish; with looks for everything an hour apart, only the remembered announcement helps."""
+    engine = create_engine(database_url, pool_size=2)
+    arrivals = TaskArrivals(engine, poll_interval=3600, look_anyway_interval=3600)
+    event = _submitted()
+    try:
+        await _first_wait(arrivals)
+        await scheduler.project(event)
+        await asyncio.sleep(0.2)  # the announcement has been heard, with nobody waiting
+        arrived = await arrivals.wait(event.task_id, timeout=5)
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+    assert arrived is not None
+    assert arrived.task_id == event.task_id
+
+
+async def test_a_missed_announcement_is_found_while_other_announcements_keep_coming(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    """Steady traffic must not postpone the look for every waited-for task."""
+    engine = create_engine(database_url, pool_size=4)
+    arrivals = TaskArrivals(engine, look_anyway_interval=0.05)
+    missed = _submitted()
+    traffic_for = 3.0
+    try:
+        await _first_wait(arrivals)
+        waiting = asyncio.create_task(arrivals.wait(missed.task_id, timeout=10))
+        await asyncio.sleep(0.05)
+
+        async def traffic() -> None:
+            until = time.monotonic() + traffic_for
+            while time.monotonic() < until:
+                other = _submitted()
+                answered = asyncio.create_task(arrivals.wait(other.task_id, timeout=10))
+                await asyncio.sleep(0.01)
+                await scheduler.project(other)
+                assert await answered is not None
+
+        steady = asyncio.create_task(traffic())
+        await asyncio.sleep(0.1)
+        stored = time.monotonic()
+        await scheduler.project(missed, announce=False)
+        arrived = await waiting
+        waited = time.monotonic() - stored
+        await steady
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+    assert arrived is not None
+    assert waited < traffic_for / 2, f"found after {waited:.2f} s, when the traffic stopped"

@@ -6,12 +6,14 @@ the tasks each of its transactions inserts when it commits
 on each announcement naming a task someone waits for, reads those rows: no query while nothing
 arrives, and no polling delay between the commit and the answer.
 
+A task can be announced before its request begins to wait (the gateway's event loop may run the
+announcement before the request resumes from its publish), so the last
+:data:`REMEMBERED_ANNOUNCEMENTS` announced ids are remembered and a new waiter checks them first.
 Announcements are hints: one made while the listening session was down is never heard. So while
 anyone waits, the rows of every waited-for task are also read every :data:`LOOK_ANYWAY_INTERVAL`
-seconds (this also finds a task announced before its request began to wait), and while no session
-listens (the database restarting, say) every :data:`POLL_INTERVAL` seconds, as a plain poller
-would. Each look is one query for all the tasks it concerns (``task_id = ANY(...)``), however
-many requests wait.
+seconds, however many announcements arrive meanwhile, and while no session listens (the database
+restarting, say) every :data:`POLL_INTERVAL` seconds, as a plain poller would. Each look is one
+query for all the tasks it concerns (``task_id = ANY(...)``), however many requests wait.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from uuid import UUID
 
 from sqlalchemy import select
@@ -35,6 +39,7 @@ POLL_INTERVAL = 0.005
 """Seconds between looks while no session listens for announcements."""
 LOOK_ANYWAY_INTERVAL = 0.05
 """Seconds between looks for every waited-for task while listening (missed announcements)."""
+REMEMBERED_ANNOUNCEMENTS = 10_000
 LISTEN_RETRY_START = 0.1
 LISTEN_RETRY_MAX = 5.0
 
@@ -56,7 +61,10 @@ class TaskArrivals:
         self._waiting: dict[UUID, list[asyncio.Future[TaskView]]] = {}
         self._announced: set[UUID] = set()
         """Waited-for tasks announced since the last look."""
+        self._remembered: OrderedDict[UUID, None] = OrderedDict()
+        """The latest announced task ids, waited for or not, oldest first."""
         self._look_for_all = False
+        self._last_full_look = 0.0
         self._news = asyncio.Event()
         self._listening = False
         self._listener: asyncio.Task[None] | None = None
@@ -75,6 +83,9 @@ class TaskArrivals:
         """
         future: asyncio.Future[TaskView] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(task_id, []).append(future)
+        if task_id in self._remembered:
+            self._announced.add(task_id)
+            self._news.set()
         if self._listen and self._listener is None:
             self._listener = asyncio.create_task(self._keep_listening(), name="new-task listener")
         if self._poller is None or self._poller.done():
@@ -109,6 +120,7 @@ class TaskArrivals:
         if not self._listening or self._look_for_all:
             self._look_for_all = False
             self._announced.clear()
+            self._last_full_look = time.monotonic()
             return list(self._waiting)
         ids = [task_id for task_id in self._announced if task_id in self._waiting]
         self._announced.clear()
@@ -120,9 +132,13 @@ class TaskArrivals:
             return
         if self._announced or self._look_for_all:
             return
+        until_full_look = self._last_full_look + self._look_anyway_interval - time.monotonic()
+        if until_full_look <= 0:
+            self._look_for_all = True
+            return
         self._news.clear()
         try:
-            async with asyncio.timeout(self._look_anyway_interval):
+            async with asyncio.timeout(until_full_look):
                 await self._news.wait()
         except TimeoutError:
             self._look_for_all = True
@@ -179,7 +195,15 @@ class TaskArrivals:
         if task_ids is None:
             self._look_for_all = True
         else:
+            self._remember(task_ids)
             self._announced.update(task_id for task_id in task_ids if task_id in self._waiting)
             if not self._announced:
                 return
         self._news.set()
+
+    def _remember(self, task_ids: frozenset[UUID]) -> None:
+        remembered = self._remembered
+        for task_id in task_ids:
+            remembered[task_id] = None
+        while len(remembered) > REMEMBERED_ANNOUNCEMENTS:
+            remembered.popitem(last=False)
