@@ -8,8 +8,9 @@ server from ``tests/mcp_servers`` behind the proxy over stdio.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,24 +36,38 @@ def mcp_config(tmp_path: Path) -> Path:
     return path
 
 
+SystemSettings = Callable[..., CliSettings]
+"""``system_settings(nats_url, **fields)``: see the fixture."""
+
+
+@pytest.fixture
+def system_settings(
+    database_url: str, subjects: Subjects, mcp_config: Path, tmp_path: Path
+) -> SystemSettings:
+    """Settings for a :class:`LocalSystem` on this test's database, subject prefix and MCP
+    toolbox, on free ports, with two runners; the NATS URL, and any field to change, are the
+    caller's."""
+
+    def settings(nats_url: str, **fields: Any) -> CliSettings:
+        defaults: dict[str, Any] = {
+            "database_url": database_url,
+            "subject_prefix": subjects.prefix,
+            "mcp_config": mcp_config,
+            "data_dir": tmp_path / "data",
+            "http_port": free_port(),
+            "grpc_port": free_port(),
+            "runners": 2,
+        }
+        return CliSettings(nats_url=nats_url, **(defaults | fields))
+
+    return settings
+
+
 @pytest.fixture
 async def system(
-    nats_server: EmbeddedNats,
-    database_url: str,
-    subjects: Subjects,
-    mcp_config: Path,
-    tmp_path: Path,
+    nats_server: EmbeddedNats, system_settings: SystemSettings
 ) -> AsyncIterator[LocalSystem]:
-    settings = CliSettings(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        subject_prefix=subjects.prefix,
-        mcp_config=mcp_config,
-        data_dir=tmp_path / "data",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        runners=2,
-    )
+    settings = system_settings(nats_server.url)
     async with LocalSystem(settings) as running:
         yield running
 

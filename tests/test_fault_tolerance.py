@@ -12,7 +12,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -21,8 +20,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats, free_port
-from opspawn_cli.settings import CliSettings
+from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.event_log import EventLog, StoredEvent
@@ -34,6 +32,7 @@ from opspawn_contracts.events import (
     TaskTimedOut,
 )
 from opspawn_contracts.subjects import Subjects
+from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -49,21 +48,9 @@ FAST_TIMINGS = {
 @pytest.fixture
 async def fast_system(
     nats_server: EmbeddedNats,
-    database_url: str,
-    subjects: Subjects,
-    mcp_config: Path,
-    tmp_path: Path,
+    system_settings: SystemSettings,
 ) -> AsyncIterator[LocalSystem]:
-    settings = CliSettings(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        subject_prefix=subjects.prefix,
-        mcp_config=mcp_config,
-        data_dir=tmp_path / "data",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        runners=2,
-    )
+    settings = system_settings(nats_server.url)
     async with LocalSystem(settings, service_env=FAST_TIMINGS) as running:
         yield running
 

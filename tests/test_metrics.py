@@ -14,7 +14,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,10 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats, free_port
-from opspawn_cli.settings import CliSettings
+from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.subjects import Subjects
+from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -48,21 +47,9 @@ OPS_ADDRESS = re.compile(r"^ops endpoint on (http://[^ ]+)")
 @pytest.fixture
 async def metered_system(
     nats_server: EmbeddedNats,
-    database_url: str,
-    subjects: Subjects,
-    mcp_config: Path,
-    tmp_path: Path,
+    system_settings: SystemSettings,
 ) -> AsyncIterator[LocalSystem]:
-    settings = CliSettings(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        subject_prefix=subjects.prefix,
-        mcp_config=mcp_config,
-        data_dir=tmp_path / "data",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        runners=1,
-    )
+    settings = system_settings(nats_server.url, runners=1)
     environment = {"OPSPAWN_OPS_PORT": "0", "OPSPAWN_LOG_FORMAT": "json"}
     async with LocalSystem(settings, service_env=environment) as running:
         yield running

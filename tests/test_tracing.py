@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,11 +19,10 @@ from google.protobuf.struct_pb2 import Struct
 
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats, free_port
-from opspawn_cli.settings import CliSettings
+from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
-from opspawn_contracts.subjects import Subjects
 from opspawn_observability.testing import OtlpReceiver, ReceivedSpan
+from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -50,22 +48,10 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture
 async def traced_system(
     nats_server: EmbeddedNats,
-    database_url: str,
-    subjects: Subjects,
-    mcp_config: Path,
-    tmp_path: Path,
+    system_settings: SystemSettings,
     receiver: OtlpReceiver,
 ) -> AsyncIterator[LocalSystem]:
-    settings = CliSettings(
-        nats_url=nats_server.url,
-        database_url=database_url,
-        subject_prefix=subjects.prefix,
-        mcp_config=mcp_config,
-        data_dir=tmp_path / "data",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        runners=1,
-    )
+    settings = system_settings(nats_server.url, runners=1)
     environment = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds: export promptly, the test waits for it

@@ -48,8 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opspawn_cli import replay
-from opspawn_cli.embedded import EmbeddedNats, free_port
-from opspawn_cli.settings import CliSettings
+from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.supervisor import Supervisor
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.dead_letters import DeadLetters
@@ -63,6 +62,7 @@ from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
+from tests.conftest import SystemSettings
 
 BACKLOG_TASKS = 1_100
 """Tasks queued before the fault; all of them are in flight when the runners resume."""
@@ -556,23 +556,9 @@ async def rebuilt_engine(
 
 @pytest.fixture
 async def fault_system(
-    fault_nats: EmbeddedNats,
-    database_url: str,
-    subjects: Subjects,
-    mcp_config: Path,
-    tmp_path: Path,
+    fault_nats: EmbeddedNats, system_settings: SystemSettings
 ) -> AsyncIterator[LocalSystem]:
-    settings = CliSettings(
-        nats_url=fault_nats.url,
-        database_url=database_url,
-        subject_prefix=subjects.prefix,
-        mcp_config=mcp_config,
-        data_dir=tmp_path / "data",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        runners=2,
-        log_level="WARNING",
-    )
+    settings = system_settings(fault_nats.url, log_level="WARNING")
     async with LocalSystem(settings, service_env=SERVICE_ENV) as running:
         yield running
 
