@@ -331,3 +331,41 @@ async def test_new_tasks_are_announced_when_their_rows_are_committed(
     heard_ids = [task_id for ids in announcements if ids for task_id in ids]
     assert sorted(heard_ids) == sorted([first, second])
     assert readable == [True, True]
+
+
+async def test_the_projection_reconnects_when_postgres_ends_its_session(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    engine: AsyncEngine,
+    projection: Projection,
+) -> None:
+    """The projection writes through a connection of its own, outside the engine's pool: when
+    PostgreSQL ends that session (a restart, an administrator), the projection opens a new one
+    (at once if the loss was noticed, else after the next batch fails) and skips nothing."""
+    sessions = text(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE application_name = 'opspawn-projection' AND datname = current_database()"
+    )
+    log = EventLog(jetstream, subjects)
+    first, second = uuid4(), uuid4()
+    await projection.wait_for((await _append_all(log, _lifecycle(first)))[-1], timeout=10)
+    async with engine.connect() as connection:
+        ended = (await connection.execute(sessions)).scalars().all()
+        await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": ended[0]})
+    assert len(ended) == 1
+
+    last = (await _append_all(log, _lifecycle(second)))[-1]
+    await projection.wait_for(last, timeout=10)
+
+    read_model = ReadModel(engine)
+    for task_id in (first, second):
+        task = await read_model.get_task(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.COMPLETED
+    async with engine.connect() as connection:
+        indexed = await connection.scalar(text("SELECT count(*) FROM task_events"))
+        now = (await connection.execute(sessions)).scalars().all()
+    assert indexed == 2 * len(_lifecycle(first))
+    assert projection.stats.events_stepped_over == 0
+    assert len(now) == 1
+    assert now != ended

@@ -37,15 +37,21 @@ class AnnouncementsUnavailable(Exception):
     """The listening session could not be opened or kept; the cause is chained."""
 
 
-async def announce_new_tasks(connection: AsyncConnection, task_ids: Iterable[UUID]) -> None:
-    """Announce ``task_ids`` on :data:`NEW_TASKS_CHANNEL` when ``connection``'s transaction
-    commits; nothing if there are none."""
+def announcement_payload(task_ids: Iterable[UUID]) -> str | None:
+    """The payload announcing ``task_ids`` (``None``: nothing to announce)."""
     payload = ",".join(str(task_id) for task_id in task_ids)
     if not payload:
-        return
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        payload = ""
-    await connection.execute(select(func.pg_notify(NEW_TASKS_CHANNEL, payload)))
+        return None
+    return "" if len(payload) > MAX_PAYLOAD_BYTES else payload
+
+
+async def announce_new_tasks(connection: AsyncConnection, task_ids: Iterable[UUID]) -> None:
+    """Announce ``task_ids`` on :data:`NEW_TASKS_CHANNEL` when ``connection``'s transaction
+    commits; nothing if there are none. (:class:`~opspawn_readmodel.projector.TaskProjector`
+    made with ``announce=True`` does this in its own write statement.)"""
+    payload = announcement_payload(task_ids)
+    if payload is not None:
+        await connection.execute(select(func.pg_notify(NEW_TASKS_CHANNEL, payload)))
 
 
 def announced_task_ids(payload: str) -> frozenset[UUID] | None:

@@ -6,8 +6,11 @@ driver named. Both forms, and unix-socket URLs (``?host=/dir``), are accepted ev
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Annotated
 
+import asyncpg
 from pydantic import AfterValidator
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
@@ -31,3 +34,24 @@ PostgresUrl = Annotated[str, AfterValidator(asyncpg_url)]
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(asyncpg_url(url), pool_size=pool_size, pool_pre_ping=True)
+
+
+async def open_session(
+    engine: AsyncEngine, *, server_settings: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> asyncpg.Connection:
+    """A bare asyncpg connection to ``engine``'s database, outside its pool, for a hot path that
+    cannot afford SQLAlchemy's per-transaction cost (the projection). Connected with the
+    arguments the engine's dialect derives from its URL (so every URL form the engine accepts
+    works), and with the engine's JSON handling: ``json``/``jsonb`` values decode to Python
+    values and are written as JSON text. ``server_settings`` are the session's PostgreSQL
+    settings. The caller closes it."""
+    arguments, options = engine.dialect.create_connect_args(engine.url)
+    options.pop("async_creator_fn", None)
+    if server_settings:
+        options["server_settings"] = {**options.get("server_settings", {}), **server_settings}
+    session = await asyncpg.connect(*arguments, timeout=timeout, **options)
+    for name in ("json", "jsonb"):
+        await session.set_type_codec(
+            name, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+    return session

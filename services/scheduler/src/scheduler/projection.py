@@ -22,6 +22,13 @@ Contract:
 The checkpoint lives in Postgres beside the rows it describes, so NATS keeps no state for the
 projection: each start opens an ordered consumer at checkpoint + 1.
 
+The projection writes through a connection of its own, a bare asyncpg one outside the engine's
+pool (:func:`~opspawn_readmodel.database.open_session`): at low load every event is a transaction
+of its own, and SQLAlchemy's connection and transaction handling would cost more CPU than the
+write. A failure other than refused content drops that connection; the retry opens a new one.
+It keeps synchronous commit: the projection follows the stream from its position in memory, so
+a commit PostgreSQL forgot after a crash would leave a gap it never fills.
+
 :class:`~opspawn_readmodel.projector.TaskProjector` is the database half and knows nothing of NATS;
 replay tooling feeds it events from anywhere, inside transactions of its own.
 """
@@ -35,21 +42,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.event_log import read_event
-from opspawn_contracts.events import Event, TaskSubmitted
+from opspawn_contracts.events import Event
 from opspawn_contracts.subjects import Subjects
 from opspawn_observability.metrics import count_projected, record_projection_progress
-from opspawn_readmodel.announcements import announce_new_tasks
-from opspawn_readmodel.projector import TaskProjector
+from opspawn_readmodel.database import open_session
+from opspawn_readmodel.projector import TaskProjector, refuses_content
 from scheduler.rejections import describe
 
 __all__ = ["Projection", "ProjectionStats", "TaskProjector"]
@@ -59,6 +66,7 @@ logger = logging.getLogger(__name__)
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
 DEFAULT_BATCH_SIZE = 1000
+SESSION_SETTINGS = {"application_name": "opspawn-projection"}
 IDLE_HEARTBEAT = 1.0
 """Seconds between the server's heartbeats to the ordered consumer. Two missed heartbeats (a NATS
 restart drops the in-memory consumer) make the client recreate it after the last event it got."""
@@ -90,7 +98,7 @@ class Projection:
         dead_letters: DeadLetters | None = None,
     ) -> None:
         """``dead_letters`` receives copies of events that cannot be projected (none: only log)."""
-        self.projector = TaskProjector(subjects.events_stream)
+        self.projector = TaskProjector(subjects.events_stream, announce=True)
         self.stats = ProjectionStats()
         self._engine = engine
         self._js = js
@@ -100,6 +108,7 @@ class Projection:
         self._position = 0
         self._moved = asyncio.Condition()
         self._subscription: JetStreamContext.PushSubscription | None = None
+        self._session: asyncpg.Connection | None = None
         self.start_sequence: int | None = None
         """Where the current (or last) run began reading the stream."""
 
@@ -151,6 +160,7 @@ class Projection:
             stopped.cancel()
             self._subscription = None
             await subscription.unsubscribe()
+            await self._close()
 
     async def wait_for(self, sequence: int, timeout: float) -> None:
         """Return once every event up to ``sequence`` is projected; :class:`TimeoutError` if not."""
@@ -190,14 +200,11 @@ class Projection:
         delay = FIRST_RETRY_DELAY
         while True:
             try:
-                async with self._engine.begin() as connection:
-                    outcome = await self.projector.apply_batch(connection, batch)
-                    await announce_new_tasks(
-                        connection,
-                        (event.task_id for _, event in batch if isinstance(event, TaskSubmitted)),
-                    )
-            except DBAPIError as error:
-                if _refuses_content(error):
+                session = await self._open()
+                async with session.transaction():
+                    outcome = await self.projector.apply_batch(session, batch)
+            except asyncpg.PostgresError as error:
+                if refuses_content(error):
                     if len(batch) > 1:
                         return await self._store_one_by_one(batch, messages, stop)
                     sequence, event = batch[0]
@@ -205,19 +212,27 @@ class Projection:
                         logger.error(
                             "event at sequence %d cannot be stored, stepping over it: %s",
                             sequence,
-                            error.orig,
+                            error,
                         )
                         await self._dead_letter(
-                            messages[0], f"Postgres refused its content: {error.orig}"
+                            messages[0], f"Postgres refused its content: {error}"
                         )
                         batch = [(sequence, None)]
                         continue
                 failure: Exception = error
-            except OSError as error:
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.InterfaceError,
+                # What asyncpg raises when a transaction's rollback meets a session the server
+                # ended: that session is unusable, like after any other failure here.
+                asyncpg.InternalClientError,
+            ) as error:
                 failure = error
             else:
                 self._count(batch, outcome.applied, outcome.superseded)
                 return True
+            await self._close()
             logger.warning(
                 "cannot write the read model at sequences %d-%d, retrying in %.1f s: %r",
                 batch[0][0],
@@ -231,6 +246,17 @@ class Projection:
             if stop.is_set():
                 return False
             delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _open(self) -> asyncpg.Connection:
+        if self._session is None or self._session.is_closed():
+            self._session = await open_session(self._engine, server_settings=SESSION_SETTINGS)
+        return self._session
+
+    async def _close(self) -> None:
+        """Drop the projection's connection (after a failure, or when the projection stops)."""
+        session, self._session = self._session, None
+        if session is not None and not session.is_closed():
+            session.terminate()
 
     async def _store_one_by_one(
         self, batch: list[tuple[int, Event | None]], messages: list[Msg], stop: asyncio.Event
@@ -269,14 +295,6 @@ class Projection:
         async with self._moved:
             self._position = max(self._position, sequence)
             self._moved.notify_all()
-
-
-def _refuses_content(error: DBAPIError) -> bool:
-    """SQLSTATE class 22 (data exception): Postgres refused the event's content, say a NUL
-    character, so retrying cannot help. Any other database error may pass and is retried.
-    """
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
 async def _next_message(
