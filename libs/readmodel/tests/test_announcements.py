@@ -31,7 +31,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def _listening(engine: AsyncEngine) -> AsyncIterator[list[frozenset[UUID] | None]]:
     heard: list[frozenset[UUID] | None] = []
     ready = asyncio.Event()
-    listener = asyncio.create_task(listen_for_new_tasks(engine, heard.append, ready.set))
+    listener = asyncio.create_task(
+        listen_for_new_tasks(engine, heard.append, lambda _session: ready.set())
+    )
     try:
         await asyncio.wait_for(ready.wait(), 10)
         yield heard

@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.arrivals import TaskArrivals
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
+from opspawn_readmodel.announcements import LISTENER_APPLICATION_NAME
 from opspawn_readmodel.database import create_engine
 from services.gateway.tests.conftest import SchedulerStandIn
 
@@ -109,6 +111,38 @@ async def test_an_announcement_wakes_its_waiter_without_polling(
     assert waited < 5, f"answered after {waited:.1f} s: not by the announcement"
 
 
+async def test_while_listening_the_looks_read_through_the_listening_session(
+    database_url: str, scheduler: SchedulerStandIn
+) -> None:
+    """A look through the pool costs a checkout, a ping and a transaction; through the session
+    that listens anyway it is one statement. So while it listens, no look takes a pooled
+    connection."""
+    engine = create_engine(database_url, pool_size=2)
+    arrivals = TaskArrivals(engine, poll_interval=3600, look_anyway_interval=3600)
+    checkouts: list[object] = []
+    sqlalchemy_events.listen(
+        engine.sync_engine, "checkout", lambda *connection: checkouts.append(connection)
+    )
+    submitted = [_submitted() for _ in range(5)]
+    try:
+        await _first_wait(arrivals)
+        checkouts.clear()
+        arrived = []
+        for one in submitted:
+            waiting = asyncio.create_task(arrivals.wait(one.task_id, timeout=10))
+            await asyncio.sleep(0.02)
+            await scheduler.project(one)
+            arrived.append(await waiting)
+    finally:
+        await arrivals.close()
+        await engine.dispose()
+
+    assert [task.task_id if task else None for task in arrived] == [
+        one.task_id for one in submitted
+    ]
+    assert checkouts == []
+
+
 async def test_a_task_stored_without_announcement_is_still_found(
     database_url: str, scheduler: SchedulerStandIn
 ) -> None:
@@ -136,9 +170,9 @@ async def _terminate_listening_session(database_url: str) -> int:
             ended = await connection.scalar(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE query ILIKE 'LISTEN %' AND pid <> pg_backend_pid() "
-                    "AND datname = current_database()"
-                )
+                    "WHERE application_name = :listener AND datname = current_database()"
+                ),
+                {"listener": LISTENER_APPLICATION_NAME},
             )
     finally:
         await admin.dispose()

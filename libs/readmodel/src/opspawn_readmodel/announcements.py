@@ -26,6 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 NEW_TASKS_CHANNEL = "opspawn_new_tasks"
+LISTENER_APPLICATION_NAME = "opspawn-new-task-listener"
+"""How a listening session shows in ``pg_stat_activity``."""
 MAX_PAYLOAD_BYTES = 7999
 """PostgreSQL refuses a notification payload of 8000 bytes or more."""
 SESSION_CHECK_INTERVAL = 1.0
@@ -68,12 +70,15 @@ def announced_task_ids(payload: str) -> frozenset[UUID] | None:
 async def listen_for_new_tasks(
     engine: AsyncEngine,
     on_announcement: Callable[[frozenset[UUID] | None], None],
-    on_listening: Callable[[], None],
+    on_listening: Callable[[asyncpg.Connection], None],
 ) -> None:
     """Hold one session of ``engine`` listening on :data:`NEW_TASKS_CHANNEL`, calling
     ``on_announcement`` with :func:`announced_task_ids` of each announcement, until the session
-    is lost (then return) or the caller is cancelled. ``on_listening`` is called once the session
-    listens: announcements made before it are not heard. The session never returns to the pool.
+    is lost (then return) or the caller is cancelled. ``on_listening`` is called with the session
+    once it listens: announcements made before it are not heard. The listener may read through
+    it meanwhile (one statement at a time, no transaction left open: it stays in autocommit),
+    which costs a round trip instead of a pooled connection's checkout, ping and transaction.
+    The session never returns to the pool.
 
     Raises :class:`AnnouncementsUnavailable` if the session cannot be opened or set up.
     """
@@ -88,8 +93,9 @@ async def listen_for_new_tasks(
                 assert session is not None, "an open session has its driver connection"
                 lost = asyncio.Event()
                 session.add_termination_listener(lambda _session: lost.set())
+                await session.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
                 await session.add_listener(NEW_TASKS_CHANNEL, announced)
-                on_listening()
+                on_listening(session)
                 while not session.is_closed():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(SESSION_CHECK_INTERVAL):

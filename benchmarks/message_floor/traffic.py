@@ -1,0 +1,278 @@
+"""The floor under Opspawn's end-to-end figure: one task's JetStream traffic and nothing else.
+
+Every Opspawn task moves the same messages through JetStream, whatever the code around them
+does: the gateway stores a command; the scheduler pulls it, appends TaskSubmitted (expecting the
+task's history to be empty), queues a work item and acks the command; a runner pulls the work
+item, appends its five events one after another (TaskStarted, ToolCallRequested,
+ToolCallCompleted, AgentStepCompleted, TaskCompleted, each expecting the previous one's
+sequence) and acks it; the projection reads all six events. This benchmark sends exactly that
+traffic, with the real streams, consumers, subjects and headers (:mod:`opspawn_contracts`) and
+payloads of a real event's size, from three processes standing in for the services (so the
+wakeups and loopback hops cross processes as they do in the system) and with no HTTP, no
+PostgreSQL, no pydantic and no agent: bare nats-py on uvloop.
+
+Its completed/s is therefore an upper bound for the system on this machine, and its CPU per task
+a lower bound: the part of the end-to-end cost that only fewer messages per task would remove.
+The "gateway" here only publishes (its 32 clients wait for the command's ack, not for the
+projection); completion is the projection seeing a task's TaskCompleted::
+
+    uv run python -m benchmarks.message_floor [--tasks 10000] [--runners 1] [--sync default]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+import uvloop
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from opspawn_cli.embedded import EmbeddedNats
+from opspawn_contracts.streams import (
+    ensure_streams,
+    runner_work_consumer,
+    scheduler_commands_consumer,
+)
+from opspawn_contracts.subjects import Subjects
+
+PAYLOAD = b"x" * 500
+"""About the size of an encoded event or command of a one-step no-op task."""
+RUNNER_EVENTS = ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
+                 "TaskCompleted")  # fmt: skip
+RUNNER_CONCURRENCY = 8
+CLIENTS = 32
+
+
+async def _append(
+    js: JetStreamContext, subjects: Subjects, task_id: uuid.UUID, kind: str, after: int
+) -> int:
+    """An append as :class:`~opspawn_contracts.event_log.EventLog` makes it: same headers."""
+    ack = await js.publish(
+        subjects.event(task_id, kind),
+        PAYLOAD,
+        stream=subjects.events_stream,
+        headers={
+            "Nats-Msg-Id": str(uuid.uuid4()),
+            "Nats-Expected-Last-Subject-Sequence": str(after),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.task_events(task_id),
+        },
+    )
+    return ack.seq
+
+
+async def _scheduler(url: str, subjects: Subjects, tasks: int, done: Connection) -> None:
+    """Commands in, TaskSubmitted + work item out; and the projection's read of every event."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    completed = 0
+    all_done = asyncio.Event()
+
+    async def project(message: Msg) -> None:
+        nonlocal completed
+        if message.subject.endswith(".TaskCompleted"):
+            completed += 1
+            if completed == tasks:
+                all_done.set()
+
+    await js.subscribe(
+        subjects.all_events, stream=subjects.events_stream, ordered_consumer=True, cb=project
+    )
+    commands = await js.pull_subscribe(
+        subjects.all_commands,
+        durable=subjects.scheduler_commands_consumer,
+        stream=subjects.commands_stream,
+        config=scheduler_commands_consumer(subjects),
+    )
+
+    async def handle(message: Msg) -> None:
+        task_id = uuid.UUID(message.data[:36].decode())
+        submitted_at = await _append(js, subjects, task_id, "TaskSubmitted", 0)
+        await js.publish(
+            subjects.work("agent_run"),
+            task_id.bytes + submitted_at.to_bytes(8, "big") + PAYLOAD,
+            stream=subjects.work_stream,
+            headers={"Nats-Msg-Id": str(uuid.uuid4())},
+        )
+        await message.ack()
+
+    async def dispatch() -> None:
+        while not all_done.is_set():
+            try:
+                batch = await commands.fetch(256, timeout=0.5)
+            except TimeoutError:
+                continue
+            await asyncio.gather(*(handle(message) for message in batch))
+
+    dispatcher = asyncio.create_task(dispatch())
+    done.send("ready")
+    await all_done.wait()
+    done.send(time.perf_counter())
+    dispatcher.cancel()
+    await client.close()
+
+
+async def _runner(url: str, subjects: Subjects, stop_after: float, ready: Connection) -> None:
+    """Work items in; five chained appends and an ack per item, eight at a time."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    work = await js.pull_subscribe(
+        subjects.all_work,
+        durable=subjects.runner_work_consumer,
+        stream=subjects.work_stream,
+        config=runner_work_consumer(subjects),
+    )
+    running: set[asyncio.Task[None]] = set()
+
+    async def attempt(message: Msg) -> None:
+        # The work item says where the task's history ended (the real one: after_sequence).
+        task_id = uuid.UUID(bytes=message.data[:16])
+        after = int.from_bytes(message.data[16:24], "big")
+        for kind in RUNNER_EVENTS:
+            after = await _append(js, subjects, task_id, kind, after)
+        await message.ack()
+
+    ready.send("ready")
+    deadline = time.monotonic() + stop_after
+    while time.monotonic() < deadline:
+        free = RUNNER_CONCURRENCY - len(running)
+        if free <= 0:
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            continue
+        try:
+            messages = await work.fetch(free, timeout=0.5)
+        except TimeoutError:
+            continue
+        for message in messages:
+            task = asyncio.create_task(attempt(message))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    await client.close()
+
+
+async def _gateway(url: str, subjects: Subjects, tasks: int, ready: Connection) -> None:
+    """32 clients, each storing commands one after another (waiting for each ack)."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    ready.send("ready")
+    ready.recv()  # go
+    remaining = tasks
+
+    async def one_client() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            task_id = uuid.uuid4()
+            await js.publish(
+                subjects.command("SubmitTask"),
+                str(task_id).encode() + PAYLOAD,
+                stream=subjects.commands_stream,
+                headers={"Nats-Msg-Id": str(uuid.uuid4())},
+            )
+
+    await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    await client.close()
+
+
+def _run(role: str, *arguments: Any) -> None:
+    """A role's process: its coroutine on uvloop, as the services run."""
+    roles: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+        "scheduler": _scheduler,
+        "runner": _runner,
+        "gateway": _gateway,
+    }
+    uvloop.run(roles[role](*arguments))
+
+
+@dataclass(frozen=True)
+class Figures:
+    tasks: int
+    runners: int
+    sync: str
+    seconds: float
+    cpu_ms_per_task: dict[str, float]
+
+    @property
+    def total_cpu_ms(self) -> float:
+        return sum(self.cpu_ms_per_task.values())
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure(tasks: int, runners: int, sync: str, store: Path) -> Figures:
+    """One run: ``tasks`` tasks' traffic with ``runners`` runner processes on a fresh server."""
+    server = EmbeddedNats(store, sync_always=sync == "always")
+    server.start()
+    processes: dict[str, Any] = {}
+    try:
+        subjects = Subjects(f"floor{uuid.uuid4().hex[:6]}")
+
+        async def prepare() -> None:
+            client = await nats.connect(server.url)
+            await ensure_streams(client.jetstream(), subjects)
+            await client.close()
+
+        asyncio.run(prepare())
+        context = multiprocessing.get_context("spawn")
+        pipes: dict[str, Connection] = {}
+        roles: list[tuple[str, str, tuple[object, ...]]] = [
+            ("scheduler", "scheduler", (tasks,)),
+            *((f"runner-{n}", "runner", (600.0,)) for n in range(1, runners + 1)),
+            ("gateway", "gateway", (tasks,)),
+        ]
+        for label, role, extra in roles:
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_run, args=(role, server.url, subjects, *extra, theirs), daemon=True
+            )
+            process.start()
+            pipes[label], processes[label] = ours, process
+        for pipe in pipes.values():
+            pipe.recv()
+        assert server.process is not None
+        watched = {label: psutil.Process(p.pid) for label, p in processes.items()}
+        watched["nats-server"] = psutil.Process(server.process.pid)
+        before = {label: _cpu(process) for label, process in watched.items()}
+        started = time.perf_counter()
+        pipes["gateway"].send("go")
+        if not pipes["scheduler"].poll(timeout=60 + tasks / 20):
+            raise RuntimeError(f"the projection did not see all {tasks} tasks complete in time")
+        finished = float(pipes["scheduler"].recv())
+        after = {label: _cpu(process) for label, process in watched.items()}
+        return Figures(
+            tasks,
+            runners,
+            sync,
+            finished - started,
+            {label: (after[label] - before[label]) * 1000 / tasks for label in watched},
+        )
+    finally:
+        for process in processes.values():
+            process.kill()
+        server.stop()
+
+
+def report(figures: list[Figures]) -> None:
+    cores = os.cpu_count() or 1
+    print(f"JetStream traffic of one task, nothing else ({cores} cores):")
+    print(f"{'tasks':>7} {'runners':>7} {'sync':>8} {'completed/s':>12} {'CPU ms/task':>12} "
+          f"{'CPU-bound ceiling/s':>20}   per process (ms/task)")  # fmt: skip
+    for row in figures:
+        parts = ", ".join(f"{label} {value:.2f}" for label, value in row.cpu_ms_per_task.items())
+        print(
+            f"{row.tasks:>7,} {row.runners:>7} {row.sync:>8} {row.tasks / row.seconds:>12,.0f} "
+            f"{row.total_cpu_ms:>12.2f} {cores * 1000 / row.total_cpu_ms:>20,.0f}   {parts}"
+        )
