@@ -25,6 +25,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from opspawn_readmodel.database import KEY_LOOKUP_SETTINGS
+
 NEW_TASKS_CHANNEL = "opspawn_new_tasks"
 LISTENER_APPLICATION_NAME = "opspawn-new-task-listener"
 """How a listening session shows in ``pg_stat_activity``."""
@@ -78,7 +80,8 @@ async def listen_for_new_tasks(
     once it listens: announcements made before it are not heard. The listener may read through
     it meanwhile (one statement at a time, no transaction left open: it stays in autocommit),
     which costs a round trip instead of a pooled connection's checkout, ping and transaction.
-    The session never returns to the pool.
+    The session never returns to the pool; it runs with
+    :data:`~opspawn_readmodel.database.KEY_LOOKUP_SETTINGS`.
 
     Raises :class:`AnnouncementsUnavailable` if the session cannot be opened or set up.
     """
@@ -93,7 +96,10 @@ async def listen_for_new_tasks(
                 assert session is not None, "an open session has its driver connection"
                 lost = asyncio.Event()
                 session.add_termination_listener(lambda _session: lost.set())
-                await session.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
+                settings = {**KEY_LOOKUP_SETTINGS, "application_name": LISTENER_APPLICATION_NAME}
+                await session.execute(
+                    "; ".join(f"SET {name} = '{value}'" for name, value in settings.items())
+                )
                 await session.add_listener(NEW_TASKS_CHANNEL, announced)
                 on_listening(session)
                 while not session.is_closed():

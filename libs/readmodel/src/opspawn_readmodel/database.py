@@ -36,6 +36,17 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(asyncpg_url(url), pool_size=pool_size, pool_pre_ping=True)
 
 
+KEY_LOOKUP_SETTINGS: Mapping[str, str] = {"enable_seqscan": "off"}
+"""PostgreSQL settings for a long-lived session whose statements only find rows by key (the
+projection's, the read-after-write listener's). asyncpg prepares every statement, and after a few
+executions PostgreSQL may keep a generic plan, made with the statistics of that moment: made while
+the read model was small, that plan scans whole tables, and keeps doing so as they grow (measured:
+PostgreSQL's CPU per one-event projection went from 0.67 to 1.2 ms after 56,000 more events, and
+on). With sequential scans off, the cached plans use the indexes whatever the size. Forcing a
+fresh plan per execution (``plan_cache_mode = force_custom_plan``) fixes it too, at about 0.2 ms
+of planning per transaction."""
+
+
 async def open_session(
     engine: AsyncEngine, *, server_settings: Mapping[str, str] | None = None, timeout: float = 10.0
 ) -> asyncpg.Connection:

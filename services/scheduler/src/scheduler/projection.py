@@ -55,7 +55,7 @@ from opspawn_contracts.event_log import read_event
 from opspawn_contracts.events import Event
 from opspawn_contracts.subjects import Subjects
 from opspawn_observability.metrics import count_projected, record_projection_progress
-from opspawn_readmodel.database import open_session
+from opspawn_readmodel.database import KEY_LOOKUP_SETTINGS, open_session
 from opspawn_readmodel.projector import TaskProjector, refuses_content
 from scheduler.rejections import describe
 
@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
 DEFAULT_BATCH_SIZE = 1000
-SESSION_SETTINGS = {"application_name": "opspawn-projection"}
+SESSION_SETTINGS = {**KEY_LOOKUP_SETTINGS, "application_name": "opspawn-projection"}
 IDLE_HEARTBEAT = 1.0
 """Seconds between the server's heartbeats to the ordered consumer. Two missed heartbeats (a NATS
 restart drops the in-memory consumer) make the client recreate it after the last event it got."""
