@@ -24,7 +24,7 @@ lint: sync
 	$(UV) run --frozen ruff format --check .
 
 typecheck: sync
-	$(UV) run --frozen mypy libs services tests benchmarks conftest.py
+	$(UV) run --frozen mypy libs services apps tests benchmarks conftest.py
 
 test: lint typecheck
 	$(UV) run --frozen pytest $(PYTEST_ARGS)

@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats, free_port
 
 TOOLBOX_SERVER = Path(__file__).parent / "mcp_servers" / "toolbox_server.py"
 

@@ -20,7 +20,6 @@ import pytest
 from nats.js import JetStreamContext
 
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.event_log import EventLog, StoredEvent
@@ -32,6 +31,7 @@ from opspawn_contracts.events import (
     TaskTimedOut,
 )
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

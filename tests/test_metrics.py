@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

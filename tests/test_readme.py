@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from opspawn_cli.embedded import free_port
+from opspawn_embedded import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -19,8 +19,8 @@ from google.protobuf.struct_pb2 import Struct
 
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
+from opspawn_embedded import EmbeddedNats
 from opspawn_observability.testing import OtlpReceiver, ReceivedSpan
 from tests.conftest import SystemSettings
 

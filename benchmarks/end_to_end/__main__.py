@@ -28,7 +28,7 @@ from benchmarks.end_to_end.load_generator import LoadSpec
 from benchmarks.end_to_end.report import text_report, write_json, write_plot
 from benchmarks.end_to_end.runs import Instruments, RunResult, RunStalled, measure
 from benchmarks.end_to_end.systems import BaselineSystem, OpspawnSystem
-from opspawn_cli.embedded import nats_server_binary
+from opspawn_embedded import nats_server_binary
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import make_url
 
-from opspawn_cli.embedded import EmbeddedPostgres
+from opspawn_embedded import EmbeddedPostgres
 
 MACHINE_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -1,6 +1,6 @@
 """The two systems under test, each started fresh for one configuration and stopped after it.
 
-* :class:`OpspawnSystem`: its own nats-server (:class:`~opspawn_cli.embedded.EmbeddedNats`, a new
+* :class:`OpspawnSystem`: its own nats-server (:class:`~opspawn_embedded.EmbeddedNats`, a new
   store, JetStream ``sync_interval: always`` or the server's default flush), a fresh database, and
   the four services as separate processes under :class:`~opspawn_cli.system.LocalSystem`, exactly
   as ``opspawn up`` runs them (authentication off, as ``opspawn up`` does), with ``runners``
@@ -30,9 +30,9 @@ from benchmarks.end_to_end.cpu_accounting import ProcessGroup, listening_pid
 from benchmarks.end_to_end.databases import PostgresServer
 from benchmarks.end_to_end.load_generator import BaselineTarget, OpspawnTarget
 from benchmarks.end_to_end.runs import BASELINE_CLIENT, LOAD_GENERATOR
-from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem
+from opspawn_embedded import EmbeddedNats, free_port
 from opspawn_readmodel.tables import tasks
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from opspawn_embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate

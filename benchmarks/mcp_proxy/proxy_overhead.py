@@ -39,9 +39,9 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from nats.aio.client import Client as NatsClient
 
-from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest
+from opspawn_embedded import EmbeddedNats, free_port
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TOOLBOX = REPOSITORY / "tests" / "mcp_servers" / "toolbox_server.py"

@@ -38,13 +38,13 @@ import uvloop
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.streams import (
     ensure_streams,
     runner_work_consumer,
     scheduler_commands_consumer,
 )
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 
 PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""

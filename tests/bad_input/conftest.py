@@ -39,12 +39,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from opspawn_cli import replay
 from opspawn_cli.demo import wait_terminal
-from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts import dead_letters
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats, free_port
 from opspawn_readmodel.database import create_engine
 from scheduler.status import SchedulerStatus
 

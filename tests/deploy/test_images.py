@@ -41,7 +41,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opspawn_cli.embedded import EmbeddedNats, free_port
+from opspawn_embedded import EmbeddedNats, free_port
 from opspawn_readmodel.migrate import alembic_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -53,7 +53,8 @@ BIN = Path(sys.executable).parent
 
 def _setting_variables() -> set[str]:
     """Every ``OPSPAWN_*`` variable a service reads: its settings classes' fields, and the few
-    read from the environment directly by the code services run (not the CLI's)."""
+    read from the environment directly by the code services run (not the CLI's, in ``apps/``, nor
+    the embedded servers of ``opspawn up`` and the tests)."""
     fields = {
         f"{ENV_PREFIX}{name.upper()}"
         for settings in SERVICE_SETTINGS
@@ -62,7 +63,7 @@ def _setting_variables() -> set[str]:
     sources = [
         path
         for folder in (*ROOT.glob("services/*/src"), *ROOT.glob("libs/*/src"))
-        if folder.parent.name != "cli"
+        if folder.parent.name != "embedded"
         for path in folder.rglob("*.py")
     ]
     read_directly = {

@@ -48,7 +48,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opspawn_cli import replay
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.supervisor import Supervisor
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.dead_letters import DeadLetters
@@ -60,6 +59,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
 from tests.conftest import SystemSettings

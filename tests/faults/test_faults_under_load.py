@@ -19,8 +19,8 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opspawn_cli import replay
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.system import LocalSystem
+from opspawn_embedded import EmbeddedNats
 from tests.faults.conftest import (
     DURING_FAULT_TASKS,
     FAULT_PROPERTY,

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from opspawn_cli import replay
-from opspawn_cli.embedded import free_port
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.supervisor import Supervisor
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import free_port
 from tests.faults.conftest import (
     BACKLOG_TASKS,
     FAULT_PROPERTY,

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter
 
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 from opspawn_observability.ops_server import (
     OpsServer,
     OpsSettings,

@@ -19,7 +19,7 @@ import pytest
 from gateway.app import Gateway, StartupError, run
 from gateway.settings import GatewaySettings
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
-from opspawn_cli.embedded import EmbeddedNats, free_port
+from opspawn_embedded import EmbeddedNats, free_port
 from services.gateway.tests.conftest import bearer_auth
 
 pytestmark = pytest.mark.integration

@@ -26,9 +26,9 @@ from mcp_proxy.app import load_server_config, run
 from mcp_proxy.config import ProxyConfig, StdioServer
 from mcp_proxy.settings import ProxySettings
 from mcp_proxy.testing import serve_proxy
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.tool_rpc import CallToolReply, McpStatusReply
+from opspawn_embedded import EmbeddedNats
 
 TOOLBOX = Path(__file__).resolve().parents[3] / "tests" / "mcp_servers" / "toolbox_server.py"
 

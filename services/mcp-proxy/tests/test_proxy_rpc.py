@@ -31,9 +31,9 @@ from mcp_proxy.config import (
     parse_config,
 )
 from mcp_proxy.testing import ProxyClient, serve_proxy
-from opspawn_cli.embedded import EmbeddedNats, free_port
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.tool_rpc import CallToolReply, CallToolRequest, ToolErrorCode
+from opspawn_embedded import EmbeddedNats, free_port
 
 TOOLBOX = Path(__file__).resolve().parents[3] / "tests" / "mcp_servers" / "toolbox_server.py"
 

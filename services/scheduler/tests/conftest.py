@@ -14,9 +14,9 @@ import pytest
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.commands import SubmitTask, encode_command
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 from opspawn_readmodel.database import create_engine
 from scheduler.dispatch import CommandDispatcher
 from scheduler.projection import Projection

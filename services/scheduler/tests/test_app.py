@@ -17,7 +17,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_contracts.commands import SubmitTask
 from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
@@ -30,6 +29,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
+from opspawn_embedded import EmbeddedNats
 from opspawn_readmodel.queries import ReadModel
 from scheduler.app import run, running
 from scheduler.settings import SchedulerSettings

@@ -28,11 +28,11 @@ import httpx
 import nats
 from nats.js.errors import NotFoundError
 
-from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from opspawn_cli.endpoints import write_endpoints
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.supervisor import ServiceSpec, SupervisedServer, Supervisor
 from opspawn_contracts.events import DEFAULT_TENANT
+from opspawn_embedded import EmbeddedNats, EmbeddedPostgres
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate

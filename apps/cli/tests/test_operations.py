@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
-from opspawn_cli.embedded import EmbeddedNats
 from opspawn_cli.endpoints import write_endpoints
 from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
 from opspawn_contracts.subjects import Subjects
+from opspawn_embedded import EmbeddedNats
 
 pytestmark = pytest.mark.integration
 

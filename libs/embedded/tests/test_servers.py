@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opspawn_cli.embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_embedded import EmbeddedNats, EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 
