@@ -10,11 +10,9 @@ import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.builtin_tools import builtin_registry
 from agentkit.interfaces import SecurityManager
-from agentkit.local_tools import LocalTools
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner
+from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools, ToolAllowlist
 from agentkit.steps import (
     AgentResult,
@@ -24,7 +22,9 @@ from agentkit.steps import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from agentkit.tool_router import ToolRouter
+from agentkit.tools.builtin import builtin_registry
+from agentkit.tools.local import LocalTools
+from agentkit.tools.router import ToolRouter
 
 TOOLS = ToolRouter(LocalTools(builtin_registry()))
 

@@ -6,15 +6,15 @@ import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.builtin_tools import builtin_registry
 from agentkit.errors import ToolDenied
 from agentkit.interfaces import CallContext, SecurityManager, ToolCall
-from agentkit.local_tools import LocalTools
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner
+from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools, ToolAllowlist
 from agentkit.steps import StepRecord, StopReason, ToolCallFinished
-from agentkit.tool_router import ToolRouter
+from agentkit.tools.builtin import builtin_registry
+from agentkit.tools.local import LocalTools
+from agentkit.tools.router import ToolRouter
 
 RUNNER = ToolAllowlist(["math.*", "toolbox.echo"])
 

@@ -2,9 +2,9 @@
 
 The runner runs in-process (``app.running``) against a real nats-server; the MCP proxy runs
 in-process too (``mcp_proxy.testing.serve_proxy``) with the toolbox MCP server as its stdio child;
-the model is :class:`~agentkit.scripted_chat_server.ScriptedChatServer`, spoken to over HTTP with
-streaming. The work is put on the queue the way the scheduler does, and the task's events are read
-back from the events stream.
+the model is :class:`~agentkit.testing.scripted_chat_server.ScriptedChatServer`, spoken to over
+HTTP with streaming. The work is put on the queue the way the scheduler does, and the task's events
+are read back from the events stream.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydantic import JsonValue
 
 from agent_runner.app import running
 from agent_runner.settings import RunnerSettings
-from agentkit.scripted_chat_server import (
+from agentkit.testing.scripted_chat_server import (
     ChatRequest,
     ScriptedChatServer,
     ScriptedReply,

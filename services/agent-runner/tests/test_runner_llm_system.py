@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from agentkit.scripted_chat_server import (
+from agentkit.testing.scripted_chat_server import (
     ChatRequest,
     ScriptedChatServer,
     ScriptedReply,

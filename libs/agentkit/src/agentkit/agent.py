@@ -30,6 +30,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -99,6 +100,18 @@ class _Interrupted(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What an :class:`Agent` is assembled from, handed whole to each of its runs."""
+
+    planner: Planner
+    tools: ToolManager
+    security: SecurityManager
+    memory: Memory
+    max_steps: int
+    stop_on_tool_error: bool
+
+
 class Agent:
     """One agent configuration; ``memory`` belongs to a single run, so make an Agent per run.
 
@@ -117,12 +130,14 @@ class Agent:
     ) -> None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
-        self._planner = planner
-        self._tools = tools
-        self._security = security
-        self._memory = memory
-        self._max_steps = max_steps
-        self._stop_on_tool_error = stop_on_tool_error
+        self._parts = _Parts(
+            planner=planner,
+            tools=tools,
+            security=security,
+            memory=memory,
+            max_steps=max_steps,
+            stop_on_tool_error=stop_on_tool_error,
+        )
 
     async def run(
         self,
@@ -140,7 +155,7 @@ class Agent:
         """
         context = context or CallContext()
         run = _Run(
-            self,
+            self._parts,
             input_data,
             on_step=on_step,
             cancel=cancel,
@@ -151,11 +166,11 @@ class Agent:
 
 
 class _Run:
-    """The state of one :meth:`Agent.run`."""
+    """The state of one :meth:`Agent.run`, given the agent's parts rather than the agent."""
 
     def __init__(
         self,
-        agent: Agent,
+        parts: _Parts,
         input_data: dict[str, JsonValue],
         *,
         on_step: StepCallback | None,
@@ -163,7 +178,7 @@ class _Run:
         timeout_seconds: float | None,
         context: CallContext,
     ) -> None:
-        self._agent = agent
+        self._parts = parts
         self._input = input_data
         self._on_step = on_step
         self._cancel = cancel
@@ -176,8 +191,7 @@ class _Run:
         self._current_step: list[CallOutcome] = []
 
     async def execute(self) -> AgentResult:
-        agent = self._agent
-        agent._memory.add(Message(role="user", content=task_message(self._input)))
+        self._parts.memory.add(Message(role="user", content=task_message(self._input)))
         try:
             tools = await self._interruptible(self._offered_tools)
         except _Interrupted as interrupted:
@@ -196,15 +210,15 @@ class _Run:
     async def _step(self, step_index: int, tools: Sequence[ToolSpec]) -> AgentResult | None:
         """Ask the planner for step ``step_index`` and run its calls; the run's result if this
         step ends the run (a final answer, or a failure), else ``None``."""
-        agent = self._agent
+        parts = self._parts
         state = RunState(
             input_data=self._input,
             completed_steps=tuple(self._completed_steps),
-            memory=agent._memory,
+            memory=parts.memory,
             tools=tools,
         )
         try:
-            decision = await self._interruptible(partial(agent._planner.decide, state))
+            decision = await self._interruptible(partial(parts.planner.decide, state))
         except LlmError as error:
             return self._failure(StopReason.LLM_FAILED, str(error))
         except PlanError as error:
@@ -214,12 +228,12 @@ class _Run:
         if isinstance(decision, FinalAnswer):
             output = {**self._partial_output(), "result": decision.result}
             return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
-        if step_index >= agent._max_steps:
+        if step_index >= parts.max_steps:
             return self._failure(
                 StopReason.MAX_STEPS,
-                f"stopped after {agent._max_steps} steps (max_steps) before the planner finished",
+                f"stopped after {parts.max_steps} steps (max_steps) before the planner finished",
             )
-        agent._memory.add(
+        parts.memory.add(
             Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
         )
         self._current_step = []
@@ -240,7 +254,6 @@ class _Run:
 
     async def _run_call(self, step_index: int, call: ToolCall) -> AgentResult | None:
         """Run one call and record it; the run's result if this call ends the run."""
-        agent = self._agent
         await self._emit(
             ToolCallStarted(
                 step_index=step_index,
@@ -270,7 +283,7 @@ class _Run:
             interrupted = stop.reason
             error = self._interruption_text(stop.reason)
         duration_ms = (time.perf_counter() - started) * 1000
-        agent._memory.add(
+        self._parts.memory.add(
             Message(
                 role="tool",
                 content=json.dumps(result) if error is None else f"error: {error}",
@@ -290,7 +303,7 @@ class _Run:
         )
         if interrupted is not None:
             return self._interrupted(interrupted, step_index, call.tool)
-        if error is not None and agent._stop_on_tool_error:
+        if error is not None and self._parts.stop_on_tool_error:
             return self._failure(
                 StopReason.TOOL_FAILED, f"step {step_index + 1} ({call.tool}) failed: {error}"
             )
@@ -298,12 +311,12 @@ class _Run:
         return None
 
     async def _offered_tools(self) -> Sequence[ToolSpec]:
-        listed = await self._agent._tools.list_tools()
-        return tuple(s for s in listed if self._agent._security.allows(s.name, self._context))
+        listed = await self._parts.tools.list_tools()
+        return tuple(s for s in listed if self._parts.security.allows(s.name, self._context))
 
     async def _authorized_call(self, call: ToolCall) -> JsonValue:
-        await self._agent._security.authorize(call, self._context)
-        return await self._agent._tools.call(call, self._context)
+        await self._parts.security.authorize(call, self._context)
+        return await self._parts.tools.call(call, self._context)
 
     async def _interruptible(self, start: Callable[[], Awaitable[T]]) -> T:
         """Await what ``start`` begins, unless the deadline passes or ``cancel`` is set first.

@@ -1,11 +1,11 @@
 """Running a local tool outside the runner's process, within limits: the :class:`ToolExecutor`.
 
-Two executors share one worker program (:mod:`agentkit.sandbox_worker`) and one parent-side
-process handle (:mod:`agentkit.sandbox_process`):
+Two executors share one worker program (:mod:`agentkit.sandbox.worker`) and one parent-side
+process handle (:mod:`agentkit.sandbox.process`):
 
 * :class:`SubprocessSandbox` starts a fresh process per call: the strongest isolation between
   calls (nothing a tool leaves behind survives it), at the price of an interpreter start per call.
-* :class:`~agentkit.worker_pool.WorkerPool` keeps pre-started workers and lends one per call: the
+* :class:`~agentkit.sandbox.pool.WorkerPool` keeps pre-started workers and lends one per call: the
   start-up is paid ahead of time, and a worker is replaced after a timeout, crash or breached
   limit (see that module for the trade-off).
 
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from pydantic import JsonValue
 
 from agentkit.errors import ToolError, ToolLimitExceeded, ToolRaised
-from agentkit.sandbox_process import SandboxLimits, SandboxProcess, minimal_environment
+from agentkit.sandbox.process import SandboxLimits, SandboxProcess, minimal_environment
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agentkit.tools import Tool
+from agentkit.tools.registry import Tool
 
 
 class Nothing(BaseModel):

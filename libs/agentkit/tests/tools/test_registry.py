@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from agentkit.builtin_tools import BUILTIN_TOOLS, Operands, add, builtin_registry
 from agentkit.errors import InvalidArguments, ToolError, UnknownTool
-from agentkit.tools import Tool, ToolRegistry
+from agentkit.tools.builtin import BUILTIN_TOOLS, Operands, add, builtin_registry
+from agentkit.tools.registry import Tool, ToolRegistry
 
 
 class Text(BaseModel):

@@ -18,7 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from agentkit.tools import Tool, ToolRegistry
+from agentkit.tools.registry import Tool, ToolRegistry
 
 
 def _json_number(value: object) -> int | float:

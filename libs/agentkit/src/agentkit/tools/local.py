@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pydantic import JsonValue
 
 from agentkit.interfaces import CallContext, ToolCall, ToolSpec
-from agentkit.sandbox import SubprocessSandbox, ToolExecutor, ToolJob
-from agentkit.tools import ToolRegistry
+from agentkit.sandbox.executor import SubprocessSandbox, ToolExecutor, ToolJob
+from agentkit.tools.registry import ToolRegistry
 
 
 class LocalTools:

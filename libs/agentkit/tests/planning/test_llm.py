@@ -9,18 +9,10 @@ import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.builtin_tools import builtin_registry
-from agentkit.chat_completions import ChatCompletionsClient
 from agentkit.interfaces import CallContext, RunState, SecurityManager
-from agentkit.llm_planner import DEFAULT_SYSTEM_PROMPT, LlmPlanner, ToolNames
-from agentkit.local_tools import LocalTools
 from agentkit.memory import BoundedMemory, MemorySnapshot
-from agentkit.scripted_chat_server import (
-    ChatRequest,
-    ScriptedChatServer,
-    ScriptedReply,
-    ScriptedToolCall,
-)
+from agentkit.planning.chat_completions import ChatCompletionsClient
+from agentkit.planning.llm import DEFAULT_SYSTEM_PROMPT, LlmPlanner, ToolNames
 from agentkit.security import AllowAllTools, ToolAllowlist
 from agentkit.steps import (
     AgentResult,
@@ -30,7 +22,15 @@ from agentkit.steps import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from agentkit.tool_router import ToolRouter
+from agentkit.testing.scripted_chat_server import (
+    ChatRequest,
+    ScriptedChatServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
+from agentkit.tools.builtin import builtin_registry
+from agentkit.tools.local import LocalTools
+from agentkit.tools.router import ToolRouter
 
 TOOLS = ToolRouter(LocalTools(builtin_registry()))
 GOAL: dict[str, JsonValue] = {"goal": "What is (2 + 3) and (4 * 5)?"}

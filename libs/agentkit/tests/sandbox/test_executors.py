@@ -15,11 +15,11 @@ from pydantic import JsonValue
 
 from agentkit.errors import ToolCrashed, ToolError, ToolLimitExceeded, ToolRaised, ToolTimeout
 from agentkit.interfaces import CallContext, ToolCall
-from agentkit.local_tools import LocalTools
-from agentkit.sandbox import SubprocessSandbox
-from agentkit.sandbox_process import SandboxLimits
-from agentkit.tools import Tool, ToolRegistry
-from agentkit.worker_pool import WorkerPool
+from agentkit.sandbox.executor import SubprocessSandbox
+from agentkit.sandbox.pool import WorkerPool
+from agentkit.sandbox.process import SandboxLimits
+from agentkit.tools.local import LocalTools
+from agentkit.tools.registry import Tool, ToolRegistry
 
 TESTS_DIR = Path(__file__).parent
 PROBES = "agentkit_sandbox_probes"
@@ -93,7 +93,7 @@ async def _assert_gone(tool_pid: int, grandchild_pid: int) -> None:
 
 
 async def test_builtin_tools_run_in_a_separate_process() -> None:
-    from agentkit.builtin_tools import builtin_registry
+    from agentkit.tools.builtin import builtin_registry
 
     tools = LocalTools(builtin_registry())
     assert await _call(tools, "math.add", {"a": 2, "b": 3}) == 5

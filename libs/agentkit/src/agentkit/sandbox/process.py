@@ -1,7 +1,7 @@
 """One sandbox worker process, seen from the parent: start it, send calls, end it for certain.
 
-The child runs :mod:`agentkit.sandbox_worker` from a clean interpreter
-(``python -I -m agentkit.sandbox_worker``) in its own session, with an environment built here
+The child runs :mod:`agentkit.sandbox.worker` from a clean interpreter
+(``python -I -m agentkit.sandbox.worker``) in its own session, with an environment built here
 (``PATH`` and a locale, nothing of the parent's: no credentials, no ``OPSPAWN_*``), and ``-I``
 makes Python ignore ``PYTHON*`` variables, the user site and the current directory. A fork of the
 runner would instead inherit its memory (connections, secrets) and a running event loop's state.
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentkit.errors import ToolCrashed, ToolLimitExceeded, ToolTimeout
-from agentkit.sandbox_worker import HEADER
+from agentkit.sandbox.worker import HEADER
 
-WORKER_MODULE = "agentkit.sandbox_worker"
+WORKER_MODULE = "agentkit.sandbox.worker"
 STDERR_TAIL_BYTES = 2000
 _FRAME_OVERHEAD = 64 * 1024
 _EXIT_GRACE_SECONDS = 0.5
@@ -120,7 +120,7 @@ class SandboxProcess:
             raise
 
     async def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send ``request`` and return the worker's reply (see :mod:`agentkit.sandbox_worker`).
+        """Send ``request`` and return the worker's reply (see :mod:`agentkit.sandbox.worker`).
 
         Raises :class:`ToolTimeout`, :class:`ToolCrashed` or :class:`ToolLimitExceeded` (reply too
         large); after any of these, and after cancellation, the process is gone.

@@ -10,9 +10,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import JsonValue
 
-from agentkit import mcp_proxy_tool
 from agentkit.agent import Agent
-from agentkit.builtin_tools import builtin_registry
 from agentkit.errors import (
     InvalidArguments,
     ToolError,
@@ -21,12 +19,14 @@ from agentkit.errors import (
     UnknownTool,
 )
 from agentkit.interfaces import CallContext, ToolCall, ToolSpec
-from agentkit.local_tools import LocalTools
-from agentkit.mcp_proxy_tool import McpProxyTools
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner
+from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools
-from agentkit.tool_router import ToolRouter
+from agentkit.tools import mcp_proxy
+from agentkit.tools.builtin import builtin_registry
+from agentkit.tools.local import LocalTools
+from agentkit.tools.mcp_proxy import McpProxyTools
+from agentkit.tools.router import ToolRouter
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.tool_rpc import (
     CallToolReply,
@@ -205,7 +205,7 @@ async def test_tools_are_listed_by_the_proxy_and_kept_for_a_while(
         )
         await message.respond(reply.model_dump_json().encode())
 
-    monkeypatch.setattr(mcp_proxy_tool, "EMPTY_LIST_TTL", 0.0)
+    monkeypatch.setattr(mcp_proxy, "EMPTY_LIST_TTL", 0.0)
     tools = McpProxyTools(nats_client, subjects, list_ttl=60)
     assert await tools.list_tools() == ()  # no proxy: nothing offered, nothing raised
     subscription = await nats_client.subscribe(subjects.mcp_list_tools, cb=answer)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agentkit.builtin_tools import builtin_registry
 from agentkit.errors import ToolError, ToolRaised
 from agentkit.interfaces import CallContext, ToolCall
-from agentkit.local_tools import LocalTools
-from agentkit.sandbox import ToolJob
-from agentkit.worker_pool import WorkerPool
+from agentkit.sandbox.executor import ToolJob
+from agentkit.sandbox.pool import WorkerPool
+from agentkit.tools.builtin import builtin_registry
+from agentkit.tools.local import LocalTools
 
 ADD = ToolCall(call_id="c", tool="math.add", arguments={"a": 2, "b": 3})
 

@@ -8,7 +8,7 @@ from pydantic import JsonValue
 
 from agentkit.errors import UnknownTool
 from agentkit.interfaces import CallContext, ToolCall, ToolManager, ToolSpec, split_tool_name
-from agentkit.local_tools import LocalTools
+from agentkit.tools.local import LocalTools
 
 
 class ToolRouter:

@@ -8,7 +8,7 @@ from pydantic import JsonValue
 from agentkit.errors import PlanError
 from agentkit.interfaces import CallOutcome, FinalAnswer, RunState, ToolCall, ToolCalls
 from agentkit.memory import BoundedMemory
-from agentkit.planners import PlanPlanner, parse_plan
+from agentkit.planning.plan import PlanPlanner, parse_plan
 from opspawn_contracts.plan import PlanStep
 
 

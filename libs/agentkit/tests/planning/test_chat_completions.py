@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
-from agentkit.chat_completions import AssistantReply, ChatCompletionsClient, RawToolCall
 from agentkit.errors import LlmError
-from agentkit.scripted_chat_server import ScriptedChatServer, ScriptedReply, ScriptedToolCall
+from agentkit.planning.chat_completions import AssistantReply, ChatCompletionsClient, RawToolCall
+from agentkit.testing.scripted_chat_server import (
+    ScriptedChatServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
 
 USER = [{"role": "user", "content": "add 2 and 3"}]
 ADD_SCHEMA: dict[str, Any] = {

@@ -9,12 +9,12 @@ Recycling keeps the limits meaningful: a worker is killed and replaced after a t
 cancellation, a crash, a memory-limit breach or an oversized result, and retired after
 ``max_calls_per_worker`` calls. Replacements start in the background.
 
-The trade-off against :class:`~agentkit.sandbox.SubprocessSandbox`: calls that share a worker share
-its interpreter, so what a tool leaves behind (module state, threads, a changed working directory)
-is seen by the next call on that worker. ``max_calls_per_worker=1`` gives every call a fresh
-process while still starting it ahead of time. The CPU limit is per call (the worker raises its
-soft ``RLIMIT_CPU`` before each), which a tool could raise again itself; the wall-clock timeout
-holds regardless.
+The trade-off against :class:`~agentkit.sandbox.executor.SubprocessSandbox`: calls that share a
+worker share its interpreter, so what a tool leaves behind (module state, threads, a changed
+working directory) is seen by the next call on that worker. ``max_calls_per_worker=1`` gives every
+call a fresh process while still starting it ahead of time. The CPU limit is per call (the worker
+raises its soft ``RLIMIT_CPU`` before each), which a tool could raise again itself; the wall-clock
+timeout holds regardless.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from types import TracebackType
 from pydantic import JsonValue
 
 from agentkit.errors import ToolError
-from agentkit.sandbox import SandboxConfig, ToolJob, result_of
-from agentkit.sandbox_process import SandboxLimits, SandboxProcess
+from agentkit.sandbox.executor import SandboxConfig, ToolJob, result_of
+from agentkit.sandbox.process import SandboxLimits, SandboxProcess
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _RESPAWN_DELAY_SECONDS = 1.0
 
 
 class WorkerPool:
-    """A :class:`~agentkit.sandbox.ToolExecutor` over pre-started workers.
+    """A :class:`~agentkit.sandbox.executor.ToolExecutor` over pre-started workers.
 
     Starts on the first call (or :meth:`start`, to pay for it up front and see start-up errors);
     :meth:`close` (or leaving ``async with``) kills every worker.
@@ -51,7 +51,7 @@ class WorkerPool:
         size: int = 4,
         *,
         max_calls_per_worker: int = 1000,
-        preload: Sequence[str] = ("agentkit.builtin_tools",),
+        preload: Sequence[str] = ("agentkit.tools.builtin",),
         import_paths: Sequence[str | Path] = (),
         extra_env: Mapping[str, str] | None = None,
         limits: SandboxLimits | None = None,

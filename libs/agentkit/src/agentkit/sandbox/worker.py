@@ -1,4 +1,4 @@
-"""The program a sandbox process runs: ``python -I -m agentkit.sandbox_worker [options]``.
+"""The program a sandbox process runs: ``python -I -m agentkit.sandbox.worker [options]``.
 
 Protocol: frames on stdin and stdout, each a 4-byte big-endian length and that many bytes of JSON.
 The worker first applies its resource limits, imports the ``--preload`` modules and writes
@@ -157,7 +157,7 @@ def _limit_memory(memory_bytes: int | None) -> None:
 
 
 def _options(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="agentkit.sandbox_worker")
+    parser = argparse.ArgumentParser(prog="agentkit.sandbox.worker")
     parser.add_argument("--memory-bytes", type=int, default=None)
     parser.add_argument("--cpu-seconds", type=float, default=None)
     parser.add_argument("--max-result-bytes", type=int, default=1024 * 1024)

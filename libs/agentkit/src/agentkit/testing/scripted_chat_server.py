@@ -1,6 +1,6 @@
 """A local HTTP server speaking the Chat Completions protocol from a script, for offline tests.
 
-Tests of :mod:`agentkit.llm_planner` and the runner talk to this over real HTTP/1.1 (keep-alive,
+Tests of :mod:`agentkit.planning.llm` and the runner talk to this over real HTTP/1.1 (keep-alive,
 ``Content-Length`` bodies, chunked server-sent events when the request asks for ``stream``), so the
 client's wire handling is what is tested, not a Python stand-in for it. It lives in the package
 (like ``mcp_proxy.testing``) so the runner's and the end-to-end tests can use it too.
@@ -13,7 +13,7 @@ beyond the script gets a 500 saying so. Every request is recorded in :attr:`requ
 
 Standalone (for trying a runner by hand; answers every request with ``--answer``)::
 
-    python -m agentkit.scripted_chat_server --port 8099 --answer "done"
+    python -m agentkit.testing.scripted_chat_server --port 8099 --answer "done"
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ an empty message) is sent back to the model with the reason, as the tool message
 calls, and the model is asked again: at most ``max_repairs`` times per decision, then the run fails
 with :class:`~agentkit.errors.LlmError` quoting the last problem. These repair exchanges are not
 kept in memory: only usable decisions become steps. Transport failures, rate limits and timeouts
-are the client's retries (:mod:`agentkit.chat_completions`).
+are the client's retries (:mod:`agentkit.planning.chat_completions`).
 
 The planner keeps no per-run state: everything comes from the
 :class:`~agentkit.interfaces.RunState`, so one instance (and one HTTP connection pool) serves
@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 from pydantic import JsonValue
 
-from agentkit.chat_completions import AssistantReply, RawToolCall
 from agentkit.errors import LlmError
 from agentkit.interfaces import (
     Decision,
@@ -43,6 +42,7 @@ from agentkit.interfaces import (
     ToolCalls,
     ToolSpec,
 )
+from agentkit.planning.chat_completions import AssistantReply, RawToolCall
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ _MAX_FUNCTION_NAME = 64
 
 class ChatModel(Protocol):
     """What the planner needs of a model client (a
-    :class:`~agentkit.chat_completions.ChatCompletionsClient`)."""
+    :class:`~agentkit.planning.chat_completions.ChatCompletionsClient`)."""
 
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
