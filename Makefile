@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs (both install what they need, uv included):
 #   make up     bring the whole system up on embedded NATS and PostgreSQL, run a demo task
-#   make test   lint, type-check and run the full test suite
+#   make test   lint (ruff, import layers), type-check and run the full test suite
 # Only python3 (3.11) is assumed. uv comes from PATH, or is installed into .tools/ once.
 
 SHELL := /bin/bash
@@ -22,6 +22,7 @@ up: sync
 lint: sync
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen lint-imports --no-cache
 
 typecheck: sync
 	$(UV) run --frozen mypy libs services apps tests benchmarks conftest.py

@@ -33,9 +33,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from opspawn_contracts.streams import ensure_streams
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_messaging.streams import ensure_streams
 from opspawn_readmodel.database import asyncpg_url
 from opspawn_readmodel.migrate import migrate
 

@@ -24,8 +24,8 @@ from nats.js import JetStreamContext
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
 from opspawn_cli.system import LocalSystem
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.event_log import EventLog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -21,8 +21,7 @@ from nats.js import JetStreamContext
 
 from opspawn_cli.demo import wait_terminal
 from opspawn_cli.system import LocalSystem
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
     TaskAttemptFailed,
     TaskCompleted,
@@ -32,6 +31,8 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog, StoredEvent
 from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -77,6 +78,9 @@ def test_readme_bring_up_then_curl_example_gives_a_completed_task(tmp_path: Path
         OPSPAWN_HTTP_PORT=str(http_port),
         OPSPAWN_GRPC_PORT=str(grpc_port),
     )
+    if shutil.which("uv", path=env.get("PATH")) is None:
+        # As the README says for a machine without uv: the first `make` put it in .tools/bin.
+        env["PATH"] = f"{ROOT / '.tools' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     up = subprocess.Popen(
         ["bash", "-c", bring_up + " 2>/dev/null"],
         cwd=ROOT,
@@ -132,14 +136,14 @@ def test_readme_bring_up_then_curl_example_gives_a_completed_task(tmp_path: Path
         assert "taskId" in json.dumps(reply) or "task_id" in json.dumps(reply), reply
     finally:
         os.killpg(up.pid, signal.SIGINT)
-        try:
-            up.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            raise
-    assert up.stdout is not None
-    with up.stdout:
-        rest = up.stdout.read()
+        assert up.stdout is not None
+        with up.stdout:  # closed on every path, so a failure here leaves no pipe to the next test
+            try:
+                up.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(up.pid, signal.SIGKILL)
+                raise
+            rest = up.stdout.read()
     assert "opspawn: stopped" in rest, "".join(seen) + rest
     deadline = time.monotonic() + 10
     while _our_processes(data_dir) and time.monotonic() < deadline:

@@ -25,12 +25,12 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from opspawn_cli import history, replay
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import CURRENT_SCHEMA_VERSIONS, Event
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
 from opspawn_contracts.upcasting import UPCASTERS
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.queries import ReadModel
 from scheduler.projection import Projection

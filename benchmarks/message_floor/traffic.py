@@ -38,13 +38,10 @@ import uvloop
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from opspawn_contracts.streams import (
-    ensure_streams,
-    runner_work_consumer,
-    scheduler_commands_consumer,
-)
+from opspawn_contracts.streams import runner_work_consumer, scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.streams import ensure_streams
 
 PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""
@@ -57,7 +54,7 @@ CLIENTS = 32
 async def _append(
     js: JetStreamContext, subjects: Subjects, task_id: uuid.UUID, kind: str, after: int
 ) -> int:
-    """An append as :class:`~opspawn_contracts.event_log.EventLog` makes it: same headers."""
+    """An append as :class:`~opspawn_messaging.event_log.EventLog` makes it: same headers."""
     ack = await js.publish(
         subjects.event(task_id, kind),
         PAYLOAD,

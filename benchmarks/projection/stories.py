@@ -15,8 +15,8 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from opspawn_contracts import events as e
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import Event, TaskOptions
+from opspawn_messaging.event_log import EventLog
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SCENARIOS = ("completed", "retried", "taken_over", "failed", "cancelled", "timed_out", "running")

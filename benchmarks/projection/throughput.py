@@ -36,11 +36,11 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks.projection.stories import append_stories, story
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import Event, decode_event, encode_event
-from opspawn_contracts.streams import ensure_streams
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.streams import ensure_streams
 from opspawn_readmodel.database import asyncpg_url, create_engine
 from opspawn_readmodel.migrate import migrate
 from opspawn_readmodel.projector import TaskProjector

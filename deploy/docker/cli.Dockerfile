@@ -27,6 +27,7 @@ COPY libs/agentkit/pyproject.toml libs/agentkit/
 COPY libs/api/pyproject.toml libs/api/
 COPY libs/contracts/pyproject.toml libs/contracts/
 COPY libs/embedded/pyproject.toml libs/embedded/
+COPY libs/messaging/pyproject.toml libs/messaging/
 COPY libs/observability/pyproject.toml libs/observability/
 COPY libs/readmodel/pyproject.toml libs/readmodel/
 COPY services/agent-runner/pyproject.toml services/agent-runner/

@@ -42,9 +42,9 @@ from opspawn_cli.demo import wait_terminal
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts import dead_letters
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, free_port
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.database import create_engine
 from scheduler.status import SchedulerStatus
 

@@ -25,10 +25,10 @@ from nats.js.errors import APIError
 
 from opspawn_contracts.commands import SubmitTask, encode_command
 from opspawn_contracts.dead_letters import HEADER_AT, HEADER_SEQUENCE
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.event_log import EventLog
 from scheduler.dispatch import task_submitted
 from tests.bad_input.conftest import GoodTraffic, StreamProbe
 

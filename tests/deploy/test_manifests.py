@@ -35,7 +35,7 @@ from agent_runner.settings import RunnerSettings
 from gateway.settings import GatewaySettings
 from mcp_proxy.config import load_config
 from mcp_proxy.settings import ProxySettings
-from opspawn_contracts.settings import ENV_PREFIX
+from opspawn_messaging.settings import ENV_PREFIX
 from scheduler.settings import SchedulerSettings
 
 ROOT = Path(__file__).resolve().parents[2]

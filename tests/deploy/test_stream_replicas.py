@@ -24,10 +24,11 @@ import nats
 import pytest
 from nats.js.errors import APIError, NoStreamResponseError
 
-from opspawn_contracts.settings import ServiceSettings, SettingsError, load_settings
-from opspawn_contracts.streams import ensure_streams, stream_configs
+from opspawn_contracts.streams import stream_configs
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import free_port
+from opspawn_messaging.settings import ServiceSettings, SettingsError, load_settings
+from opspawn_messaging.streams import ensure_streams
 
 PROD_NATS_CONFIG = (
     Path(__file__).resolve().parents[2] / "deploy/k8s/overlays/prod/nats/nats-server.conf"

@@ -50,16 +50,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from opspawn_cli import replay
 from opspawn_cli.supervisor import Supervisor
 from opspawn_cli.system import LocalSystem
-from opspawn_contracts.dead_letters import DeadLetters
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     TaskStarted,
     TaskSubmitted,
     decode_event,
 )
-from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.stream_reading import read_stream
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
 from tests.conftest import SystemSettings

@@ -12,9 +12,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from opspawn_cli.endpoints import write_endpoints
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.dead_letters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opspawn_cli.settings import CliSettings
-from opspawn_contracts.settings import SettingsError, load_settings
+from opspawn_messaging.settings import SettingsError, load_settings
 
 
 def test_bad_values_are_reported_by_variable_name(monkeypatch: pytest.MonkeyPatch) -> None:

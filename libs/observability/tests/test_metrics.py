@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY, generate_latest
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
     Event,
     TaskCompleted,
@@ -22,6 +22,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_observability.backlog import BacklogSampler
 from opspawn_observability.metrics import (
     OTHER,

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.event_log import EventLog
 from opspawn_observability.task_context import current_task_id
 from opspawn_observability.tracing import (
     TelemetryConfigError,

@@ -14,11 +14,11 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog
 
 pytestmark = pytest.mark.integration
 

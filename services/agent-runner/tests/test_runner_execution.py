@@ -23,7 +23,6 @@ from pydantic import JsonValue
 from agent_runner.app import run
 from agent_runner.execution import NO_PLAN_MESSAGE
 from agent_runner.settings import RunnerSettings
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     TaskCancelled,
@@ -34,6 +33,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog, StoredEvent
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,6 @@ from sqlalchemy import text
 from agent_runner.app import running
 from agent_runner.event_chain import AttemptSuperseded, EventChain
 from agent_runner.settings import RunnerSettings
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     TaskCancelled,
@@ -42,6 +41,7 @@ from opspawn_contracts.streams import runner_work_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog, StoredEvent
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.projector import TaskProjector
 

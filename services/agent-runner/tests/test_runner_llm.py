@@ -31,7 +31,6 @@ from agentkit.testing.scripted_chat_server import (
 )
 from mcp_proxy.config import ProxyConfig, StdioServer
 from mcp_proxy.testing import serve_proxy
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     TaskOptions,
@@ -41,6 +40,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog, StoredEvent
 
 pytestmark = pytest.mark.integration
 

@@ -29,10 +29,10 @@ from mcp_proxy.testing import ProxyClient
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.commands import SubmitTask, encode_command
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import TERMINAL_EVENT_TYPES, TaskCompleted
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, free_port
+from opspawn_messaging.event_log import EventLog, StoredEvent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -17,7 +17,7 @@ from agent_runner.planner_selection import (
 )
 from agent_runner.settings import RunnerSettings
 from agentkit import ChatCompletionsClient, LlmPlanner, PlanPlanner
-from opspawn_contracts.settings import SettingsError, load_settings
+from opspawn_messaging.settings import SettingsError, load_settings
 
 PLAN: dict[str, JsonValue] = {"goal": "add", "plan": [{"tool": "math.add", "args": {}}]}
 

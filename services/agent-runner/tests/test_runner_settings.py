@@ -10,7 +10,7 @@ import pytest
 from agent_runner.app import tool_sandbox
 from agent_runner.settings import RunnerSettings
 from agentkit import SubprocessSandbox, WorkerPool
-from opspawn_contracts.settings import SettingsError, load_settings
+from opspawn_messaging.settings import SettingsError, load_settings
 
 
 def test_defaults_name_the_runner_after_host_and_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,6 @@ from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from opspawn.v1 import tasks_pb2_grpc
 from opspawn_contracts.commands import Command, SubmitTask, decode_command
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     Event,
     TaskCompleted,
@@ -40,6 +39,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView, evolve
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.announcements import announce_new_tasks
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine

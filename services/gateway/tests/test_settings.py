@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.settings import GatewaySettings
-from opspawn_contracts.settings import SettingsError, load_settings
+from opspawn_messaging.settings import SettingsError, load_settings
 
 
 def test_defaults_need_only_the_database_url(monkeypatch: pytest.MonkeyPatch) -> None:

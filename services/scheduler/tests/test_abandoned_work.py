@@ -10,8 +10,7 @@ from uuid import uuid4
 import pytest
 from nats.js import JetStreamContext
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import EventLog
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
     TaskFailed,
     TaskStarted,
@@ -22,6 +21,8 @@ from opspawn_contracts.events import (
 from opspawn_contracts.streams import runner_work_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog
 from scheduler.app import running
 from scheduler.settings import SchedulerSettings
 

@@ -18,7 +18,6 @@ from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.commands import SubmitTask
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     TaskCompleted,
     TaskCompletedData,
@@ -30,6 +29,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
 from opspawn_embedded import EmbeddedNats
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.queries import ReadModel
 from scheduler.app import run, running
 from scheduler.settings import SchedulerSettings

@@ -10,7 +10,6 @@ import pytest
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     Event,
     TaskCompleted,
@@ -25,6 +24,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.queries import ReadModel
 from scheduler.deadlines import DeadlineWatch
 from scheduler.projection import Projection

@@ -12,7 +12,6 @@ import pytest
 from nats.js import JetStreamContext
 
 from opspawn_contracts.commands import SubmitTask
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     TaskOptions,
     TaskStarted,
@@ -23,6 +22,7 @@ from opspawn_contracts.events import (
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.event_log import EventLog
 
 SendCommand = Callable[..., Awaitable[int]]
 WaitSettled = Callable[..., Awaitable[None]]

@@ -10,8 +10,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from opspawn_contracts.commands import CancelTask, Command, SubmitTask, encode_command
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.event_log import EventLog
 from scheduler.dispatch import CommandDispatcher
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opspawn_contracts.event_log import EventLog
 from opspawn_contracts.events import (
     AgentStepCompleted,
     AgentStepCompletedData,
@@ -34,6 +33,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.announcements import listen_for_new_tasks
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.queries import ReadModel

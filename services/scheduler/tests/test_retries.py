@@ -12,7 +12,6 @@ from uuid import UUID, uuid4
 import pytest
 from nats.js import JetStreamContext
 
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import (
     Event,
     TaskAttemptFailed,
@@ -27,8 +26,8 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
-from scheduler.retries import Retries
-from scheduler.task_decisions import RetryPolicy
+from opspawn_messaging.event_log import EventLog, StoredEvent
+from scheduler.retries import Retries, RetryPolicy
 
 pytestmark = pytest.mark.integration
 

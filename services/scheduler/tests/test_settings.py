@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from opspawn_contracts.settings import SettingsError, load_settings
+from opspawn_messaging.settings import SettingsError, load_settings
 from scheduler.settings import SchedulerSettings
 
 

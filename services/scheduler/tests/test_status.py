@@ -12,8 +12,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.dead_letters import DeadLetters
 from scheduler.app import running
 from scheduler.settings import SchedulerSettings
 

@@ -4,7 +4,7 @@ All three read the stream itself (the source of truth), not the read model, so t
 the read model is being rebuilt and show events the projection stepped over.
 
 - :func:`task_as_of` folds one task's events up to a stream sequence, or up to a time (events
-  whose ``occurred_at`` is not after it), with the same :func:`~opspawn_contracts.task.evolve`
+  whose ``occurred_at`` is not after it), with the same :func:`~opspawn_contracts.task.fold`
   the projection uses.
 - :func:`export` yields stored events as JSON-ready records: one task's whole history, or every
   event stored in a time range.
@@ -26,10 +26,10 @@ from uuid import UUID
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from opspawn_contracts.event_log import EventLog
-from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.task import TaskView, evolve
+from opspawn_contracts.task import TaskView
+from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.stream_reading import read_stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +50,9 @@ async def task_as_of(
     at: datetime | None = None,
 ) -> AsOf:
     """The task's state after its events up to ``sequence`` or ``at`` (both: either bound)."""
-    state: TaskView | None = None
-    last: int | None = None
-    count = 0
-    for stored in await EventLog(js, subjects).task_history(task_id):
-        if sequence is not None and stored.sequence > sequence:
-            break
-        if at is not None and stored.event.occurred_at > at:
-            break
-        state = evolve(state, stored.event)
-        last = stored.sequence
-        count += 1
-    return AsOf(state, last, count)
+    history = await EventLog(js, subjects).task_history(task_id)
+    then = history.until(sequence=sequence, at=at)
+    return AsOf(then.state(), then[-1].sequence if then else None, len(then))
 
 
 def record(message: Msg) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from opspawn_cli import apikeys, operations
 from opspawn_cli.demo import curl_submit, grpcurl_submit, run_demo, wait_terminal
 from opspawn_cli.settings import CliSettings
 from opspawn_cli.system import LocalSystem, StartupError
-from opspawn_contracts.settings import load_settings
+from opspawn_messaging.settings import load_settings
 from opspawn_readmodel.migrate import migrate
 
 

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_cli import endpoints, history, replay
 from opspawn_cli.settings import CliSettings
-from opspawn_contracts.dead_letters import DeadLetter, DeadLetters, DeadLetterSource
+from opspawn_contracts.dead_letters import DeadLetter, DeadLetterSource
+from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_readmodel.checksums import ReadModelChecksums, TableDifferences
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate

@@ -34,10 +34,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from opspawn_cli.progress import ProgressBar
-from opspawn_contracts.event_log import read_event
 from opspawn_contracts.events import Event
-from opspawn_contracts.stream_reading import read_stream
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.event_log import read_event
+from opspawn_messaging.stream_reading import read_stream
 from opspawn_readmodel.checksums import (
     ReadModelChecksums,
     TableDifferences,

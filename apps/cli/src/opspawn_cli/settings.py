@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from opspawn_contracts.settings import ENV_PREFIX
 from opspawn_contracts.subjects import Subjects, validate_prefix
+from opspawn_messaging.settings import ENV_PREFIX
 
 
 class CliSettings(BaseSettings):

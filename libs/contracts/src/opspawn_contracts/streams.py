@@ -1,8 +1,8 @@
-"""Stream and durable-consumer configuration, and the idempotent set-up every service runs.
+"""Stream and durable-consumer configuration: part of the contract, like the subjects.
 
-Each service calls :func:`ensure_streams` at start, so the system has no separate provisioning
-step and any start order works. Settings that change durability or capacity are explicit here
-rather than left to server defaults.
+Each service applies it at start (:func:`opspawn_messaging.streams.ensure_streams`), so the system
+has no separate provisioning step and any start order works. Settings that change durability or
+capacity are explicit here rather than left to server defaults.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -20,7 +19,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
 
 from opspawn_contracts.subjects import Subjects
 
@@ -135,14 +133,3 @@ def runner_work_consumer(subjects: Subjects) -> ConsumerConfig:
         max_ack_pending=1024,
         filter_subject=subjects.all_work,
     )
-
-
-async def ensure_streams(
-    js: JetStreamContext, subjects: Subjects, settings: StreamSettings | None = None
-) -> None:
-    """Create the streams, or bring existing ones to the configuration above."""
-    for config in stream_configs(subjects, settings):
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)

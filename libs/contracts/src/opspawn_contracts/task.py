@@ -1,7 +1,9 @@
 """The task as clients see it, and the pure fold that derives it from events.
 
-Live projection and replay call the same :func:`evolve`, so a rebuilt read model cannot drift from
-the live one by construction.
+:func:`fold` is the only place that turns events into a task's state: live projection, replay,
+the scheduler's decisions, the runner's claim and the CLI's as-of all call it (through
+``TaskHistory.state()`` where they hold a whole history), so a rebuilt read model cannot drift
+from the live one by construction. :func:`evolve` is its step, one event at a time.
 
 The attempt number is a fencing token. ``TaskView.attempt`` is the newest attempt started or
 scheduled; an event a runner wrote for an older attempt (a runner presumed dead that was only
@@ -11,6 +13,7 @@ slow) is *superseded*: :func:`is_superseded` says so, the projection records it 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import assert_never
@@ -99,6 +102,13 @@ def is_superseded(state: TaskView | None, event: Event) -> bool:
     """Whether ``event`` comes from an attempt older than the task's current one."""
     attempt = runner_attempt(event)
     return state is not None and attempt is not None and attempt < state.attempt
+
+
+def fold(events: Iterable[Event], state: TaskView | None = None) -> TaskView | None:
+    """The task's state after ``events``, continuing from ``state`` (``None``: from nothing)."""
+    for event in events:
+        state = evolve(state, event)
+    return state
 
 
 def evolve(state: TaskView | None, event: Event) -> TaskView | None:

@@ -36,13 +36,24 @@ metric                                                 service    labels
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
 from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import Event
+from opspawn_messaging.settlement import (
+    Done,
+    Dropped,
+    Failed,
+    Handler,
+    Later,
+    Leave,
+    Outcome,
+    Refused,
+    Release,
+)
 
 MAX_TOOL_LABELS = 200
 MAX_SERVER_LABELS = 100
@@ -196,6 +207,36 @@ def count_redelivery(source: DeadLetterSource, message: Msg) -> None:
     """Count ``message`` if this is not its first delivery."""
     if message.metadata.num_delivered > 1:
         REDELIVERIES.labels(source.value).inc()
+
+
+class CountRedeliveries:
+    """Consumer middleware: counts every delivery of a message after its first, by source."""
+
+    def __init__(self, source: DeadLetterSource) -> None:
+        self._source = source
+
+    async def __call__(self, message: Msg, call_next: Handler) -> Outcome:
+        count_redelivery(self._source, message)
+        return await call_next(message)
+
+
+class CountWorkItems:
+    """Consumer middleware for the runners: counts work items by how they were settled."""
+
+    LABELS: Mapping[type[Outcome], str] = {
+        Done: "ack",
+        Release: "release",
+        Failed: "retry_later",
+        Leave: "leave",
+        Refused: "refused",
+        Dropped: "dropped",
+        Later: "later",
+    }
+
+    async def __call__(self, message: Msg, call_next: Handler) -> Outcome:
+        outcome = await call_next(message)
+        count_work_item(self.LABELS[type(outcome)])
+        return outcome
 
 
 def count_dead_letter(source: DeadLetterSource) -> None:

@@ -26,7 +26,7 @@ work is stuck, which defeats a liveness probe; readiness checks are coroutines o
 NATS connection and must run on its loop anyway; uvicorn is a well-kept ASGI server the workspace
 already uses for the gateway (see ``gateway.http_server``, which this mirrors: the socket is bound
 first, so port 0 works and a port in use fails start-up with an ``OSError`` naming it; uvicorn's
-signal handling is off because SIGTERM belongs to ``opspawn_contracts.service_process``).
+signal handling is off because SIGTERM belongs to ``opspawn_messaging.service_process``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from opspawn_contracts.settings import ENV_PREFIX
+from opspawn_messaging.settings import ENV_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 from uuid import UUID
 
+from nats.aio.msg import Msg
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -38,6 +40,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from opspawn_messaging.settlement import Failed, Handler, Outcome, Refused
 from opspawn_observability.task_context import (
     TASK_ID_ATTRIBUTE,
     name_task,
@@ -50,9 +53,11 @@ __all__ = [
     "Status",
     "StatusCode",
     "TelemetryConfigError",
+    "TraceHandling",
     "annotate_span",
     "configure_tracing",
     "handling",
+    "handling_scope",
     "inject_context",
     "span",
     "tracer_provider_from_environment",
@@ -61,6 +66,7 @@ __all__ = [
 ]
 
 INSTRUMENTATION_NAME = "opspawn"
+OUTCOME_ATTRIBUTE = "opspawn.outcome"
 SUPPORTED_EXPORTERS = ("otlp", "console")
 SUPPORTED_OTLP_PROTOCOL = "http/protobuf"
 
@@ -208,7 +214,16 @@ class handling:
     happens, so a handler pays a context variable set and reset.
     """
 
-    __slots__ = ("_attributes", "_carrier", "_kind", "_name", "_span", "_span_scope", "_token")
+    __slots__ = (
+        "_attributes",
+        "_carrier",
+        "_current_token",
+        "_kind",
+        "_name",
+        "_span",
+        "_span_scope",
+        "_token",
+    )
 
     def __init__(
         self,
@@ -225,9 +240,11 @@ class handling:
         self._span: Span | None = None
         self._span_scope: Any = None
         self._token: Any = None
+        self._current_token: Any = None
 
     def __enter__(self) -> handling:
         self._token = task_scope_enter()
+        self._current_token = _current_handling.set(self)
         if _State.enabled:
             parent = propagate.extract(self._carrier or {})
             self._span_scope = _State.tracer.start_as_current_span(
@@ -246,6 +263,7 @@ class handling:
             if self._span_scope is not None:
                 self._span_scope.__exit__(exc_type, exc, traceback)
         finally:
+            _current_handling.reset(self._current_token)
             task_scope_exit(self._token)
 
     @property
@@ -272,6 +290,33 @@ class handling:
         """Mark the span failed without an exception (the handler answered with an error)."""
         if self._span is not None:
             self._span.set_status(Status(StatusCode.ERROR, description))
+
+
+_current_handling: ContextVar[handling | None] = ContextVar("opspawn_handling", default=None)
+
+
+def handling_scope() -> handling:
+    """The innermost :class:`handling` scope of this message, opened by :class:`TraceHandling`
+    around the handler; outside one, a scope of no span (naming the task still tags the logs)."""
+    return _current_handling.get() or handling("", None)
+
+
+class TraceHandling:
+    """Consumer middleware: each message is handled in a :class:`handling` scope named ``name``
+    (a handler that decodes the message may rename it, ``handling_scope().rename(...)``, and name
+    its task), continuing the trace the message's headers carry. The span records how the message
+    was settled (``opspawn.outcome``) and is marked failed when it failed or was refused."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    async def __call__(self, message: Msg, call_next: Handler) -> Outcome:
+        with handling(self._name, message.headers) as scope:
+            outcome = await call_next(message)
+            scope.set_attribute(OUTCOME_ATTRIBUTE, type(outcome).__name__.lower())
+            if isinstance(outcome, Failed | Refused):
+                scope.fail(outcome.reason)
+            return outcome
 
 
 def annotate_span(key: str, value: AttributeValue) -> None:

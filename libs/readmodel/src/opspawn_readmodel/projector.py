@@ -9,7 +9,7 @@ Contract of :meth:`TaskProjector.apply_batch` (the live projection and every rep
   concurrent projectors.
 - The rest are applied in sequence order: each valid event gets its ``task_events`` row (with the
   attempt it belongs to and whether that attempt was superseded) and is folded into its ``tasks``
-  row with :func:`~opspawn_contracts.task.evolve`; ``None`` in place of an event (one that could
+  row with :func:`~opspawn_contracts.task.fold`; ``None`` in place of an event (one that could
   not be read) only moves the checkpoint past it. The checkpoint moves to the batch's last
   sequence. Rows, index and checkpoint commit together or not at all.
 - An event whose id is already indexed (republished after the dedup window) is not indexed or
@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text, TypeEngine, Uuid
 
 from opspawn_contracts.events import Event, TaskSubmitted
-from opspawn_contracts.task import TaskView, evolve, is_superseded, runner_attempt
+from opspawn_contracts.task import TaskView, fold, is_superseded, runner_attempt
 from opspawn_readmodel.announcements import NEW_TASKS_CHANNEL, announcement_payload
 from opspawn_readmodel.tables import projection_checkpoints, task_events, tasks
 
@@ -246,7 +246,7 @@ class TaskProjector:
             before = states.get(event.task_id)
             superseded = is_superseded(before, event)
             superseded_count += superseded
-            after = evolve(before, event)
+            after = fold((event,), before)
             if after is None:
                 logger.warning(
                     "event %s (sequence %d) is for task %s, which was never submitted",

@@ -30,12 +30,13 @@ from agentkit import (
     WorkerPool,
     builtin_registry,
 )
-from opspawn_contracts.dead_letters import DeadLetters
-from opspawn_contracts.event_log import EventLog
-from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import serve
-from opspawn_contracts.settings import load_settings
-from opspawn_contracts.streams import ensure_streams, runner_work_consumer
+from opspawn_contracts.streams import runner_work_consumer
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.nats_connection import connect
+from opspawn_messaging.service_process import serve
+from opspawn_messaging.settings import load_settings
+from opspawn_messaging.streams import ensure_streams
 from opspawn_observability import configure_service
 from opspawn_observability.metrics import count_dead_letter
 from opspawn_observability.ops_server import consumer_exists, nats_connected, ops_endpoint

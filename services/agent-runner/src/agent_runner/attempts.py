@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opspawn_contracts.event_log import StoredEvent, TaskHistory
 from opspawn_contracts.events import TaskAttemptFailed, TaskStarted
-from opspawn_contracts.task import TaskView, evolve
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.event_log import StoredEvent, TaskHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +56,7 @@ class StartedElsewhere:
 def claim(
     assignment: TaskAssignment, history: TaskHistory, *, redelivered: bool
 ) -> Claim | NothingToRun | StartedElsewhere:
-    state: TaskView | None = None
-    for stored in history:
-        state = evolve(state, stored.event)
+    state = history.state()
     if state is None:
         return NothingToRun("the task has no TaskSubmitted")
     if state.status.is_terminal:

@@ -23,10 +23,10 @@ from uuid import UUID
 
 from nats.errors import Error as NatsError
 
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
 from opspawn_contracts.events import TERMINAL_EVENT_TYPES, Event
-from opspawn_contracts.task import TaskView, evolve, runner_attempt
+from opspawn_contracts.task import runner_attempt
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.event_log import ConcurrencyConflict, EventLog, EventTooLarge
 
 MAX_RESOLUTIONS = 10
 
@@ -37,13 +37,6 @@ class AttemptSuperseded(Exception):
 
 class EventAppendFailed(Exception):
     """The event store could not be reached or refused the append; the work should be retried."""
-
-
-def fold(history: list[StoredEvent]) -> TaskView | None:
-    state: TaskView | None = None
-    for stored in history:
-        state = evolve(state, stored.event)
-    return state
 
 
 class EventChain:
@@ -105,7 +98,7 @@ class EventChain:
         ):
             # Only older attempts' events (or messages that are no events) came in between.
             return history.last_sequence
-        state = fold(history)
+        state = history.state()
         if (
             state is not None
             and not state.status.is_terminal

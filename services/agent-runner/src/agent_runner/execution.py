@@ -24,12 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from enum import Enum
 
 from nats.errors import Error as NatsError
 
 from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
-from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain, fold
+from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
 from agent_runner.planner_selection import PlannerSelection
 from agent_runner.step_metrics import StepMetrics
@@ -48,12 +47,6 @@ from agentkit import (
     ToolManager,
 )
 from opspawn_contracts.deadlines import timed_out
-from opspawn_contracts.event_log import (
-    ConcurrencyConflict,
-    EventLog,
-    EventTooLarge,
-    TaskHistory,
-)
 from opspawn_contracts.events import (
     AgentStepCompleted,
     AgentStepCompletedData,
@@ -73,27 +66,19 @@ from opspawn_contracts.events import (
     utc_now,
 )
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.event_log import (
+    ConcurrencyConflict,
+    EventLog,
+    EventTooLarge,
+    TaskHistory,
+)
+from opspawn_messaging.settlement import Done, Failed, Leave, Outcome, Release
 
 logger = logging.getLogger(__name__)
 
 CLAIM_TRIES = 5
 RETRYABLE = frozenset({StopReason.TOOL_FAILED, StopReason.LLM_FAILED})
 """Failures another attempt might not repeat; the rest (a bad plan, too many steps) would."""
-
-
-class Disposition(Enum):
-    """What to do with the work message once :meth:`TaskExecution.execute` returns."""
-
-    ACK = "ack"
-    """Done with: its terminal event is stored (now or by an earlier delivery)."""
-    LEAVE = "leave"
-    """Someone else writes the task's history now: neither ack nor nak. If that writer is a
-    redelivery of the same message it settles it; otherwise the message comes back after
-    ``ack_wait`` and the redelivery check decides whether to run it again."""
-    RELEASE = "release"
-    """Interrupted by shutdown: give it back at once, for another runner."""
-    RETRY_LATER = "retry_later"
-    """The event store failed: redeliver after a pause."""
 
 
 class TaskExecution:
@@ -120,8 +105,14 @@ class TaskExecution:
 
     async def execute(
         self, assignment: TaskAssignment, *, release: asyncio.Event, redelivered: bool = False
-    ) -> Disposition:
+    ) -> Outcome:
         """Run the assignment; setting ``release`` interrupts it (no terminal event is written).
+
+        What becomes of the work message: :class:`Done` once the task's terminal event is stored
+        (now or by an earlier delivery); :class:`Leave` when someone else writes the task's
+        history now (if that writer is a redelivery of the same message it settles it; otherwise
+        the message comes back after ``ack_wait`` and the claim decides again); :class:`Release`
+        when interrupted by shutdown; :class:`Failed` when the event store failed.
 
         ``redelivered`` (the message was delivered before) lets the runner take over an attempt
         that started elsewhere (see :mod:`agent_runner.attempts`).
@@ -132,11 +123,11 @@ class TaskExecution:
             if isinstance(claimed, NothingToRun):
                 logger.info("%s attempt %d: %s; acknowledging it", task, assignment.attempt,
                             claimed.reason)  # fmt: skip
-                return Disposition.ACK
+                return Done()
             if isinstance(claimed, StartedElsewhere):
                 logger.info("%s attempt %d: %s; leaving the work item to come back", task,
                             assignment.attempt, claimed.reason)  # fmt: skip
-                return Disposition.LEAVE
+                return Leave()
             chain, assignment = claimed
             task = f"task {assignment.task_id} attempt {assignment.attempt}"
             try:
@@ -144,28 +135,28 @@ class TaskExecution:
                 if result.stop_reason is StopReason.CANCELLED:
                     if await self._finished(assignment):
                         logger.info("%s: stopped, the task was cancelled or timed out", task)
-                        return Disposition.ACK
+                        return Done()
                     logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
-                    return Disposition.RELEASE
+                    return Release()
                 await chain.append(_terminal_event(chain, assignment, result))
             except EventTooLarge as too_large:
                 # Another attempt would produce the same event: the task fails, saying why.
                 logger.error("%s: %s; failing the task", task, too_large)
                 await chain.append(_too_large(chain, assignment, too_large))
-                return Disposition.ACK
+                return Done()
         except AttemptSuperseded as superseded:
             if await self._finished(assignment):
                 logger.info("%s: the task finished elsewhere (%s)", task, superseded)
-                return Disposition.ACK
+                return Done()
             logger.warning(
                 "%s: another writer took over the task (%s); leaving it", task, superseded
             )
-            return Disposition.LEAVE
+            return Leave()
         except EventAppendFailed as failed:
             logger.error("%s: could not store an event (%s); will retry", task, failed)
-            return Disposition.RETRY_LATER
+            return Failed(f"{task}: its events could not be stored: {failed}")
         logger.info("%s: %s", task, "completed" if result.ok else f"failed: {result.error_message}")
-        return Disposition.ACK
+        return Done()
 
     async def _claim(
         self, assignment: TaskAssignment, *, redelivered: bool
@@ -229,7 +220,7 @@ class TaskExecution:
             raise EventAppendFailed(f"cannot read the task's history: {error}") from error
 
     async def _finished(self, assignment: TaskAssignment) -> bool:
-        state = fold(await self._history(assignment))
+        state = (await self._history(assignment)).state()
         return state is not None and state.status.is_terminal
 
     async def _run_agent(

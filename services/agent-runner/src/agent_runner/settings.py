@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from opspawn_contracts.settings import ServiceSettings
+from opspawn_messaging.settings import ServiceSettings
 from opspawn_observability.ops_server import OpsSettings
 
 

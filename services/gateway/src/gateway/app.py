@@ -42,10 +42,10 @@ from gateway.rest import API_DESCRIPTION, ROUTES, SECURITY_SCHEME, principal_pro
 from gateway.settings import GatewaySettings
 from gateway.submission import TaskSubmitter
 from gateway.watching import TaskWatcher
-from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import serve
-from opspawn_contracts.settings import load_settings
-from opspawn_contracts.streams import ensure_streams
+from opspawn_messaging.nats_connection import connect
+from opspawn_messaging.service_process import serve
+from opspawn_messaging.settings import load_settings
+from opspawn_messaging.streams import ensure_streams
 from opspawn_observability import configure_service
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine

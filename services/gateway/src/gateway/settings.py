@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from opspawn_contracts.settings import ServiceSettings
+from opspawn_messaging.settings import ServiceSettings
 from opspawn_readmodel.database import PostgresUrl
 
 

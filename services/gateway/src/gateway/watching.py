@@ -30,9 +30,9 @@ from pydantic import ValidationError
 
 from gateway.api_errors import InvalidRequest, ServiceUnavailable
 from gateway.reading import MAX_EVENTS_PAGE, TaskEventView, TaskReader
-from opspawn_contracts.event_log import read_event
 from opspawn_contracts.events import TERMINAL_EVENT_TYPES
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.event_log import read_event
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from mcp_proxy.config import ConfigError, ProxyConfig, load_config
 from mcp_proxy.connections import McpConnections
 from mcp_proxy.rpc import ProxyHandlers, RpcServer
 from mcp_proxy.settings import ProxySettings
-from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import serve
-from opspawn_contracts.settings import load_settings
-from opspawn_contracts.streams import ensure_streams
+from opspawn_messaging.nats_connection import connect
+from opspawn_messaging.service_process import serve
+from opspawn_messaging.settings import load_settings
+from opspawn_messaging.streams import ensure_streams
 from opspawn_observability import configure_service
 from opspawn_observability.ops_server import ReadinessCheck, nats_connected, ops_endpoint
 

@@ -179,7 +179,7 @@ class RpcServer:
     then let every request it accepted finish and reply. FastStream 0.7.8 stops the other way
     round (it stops handling, waits for in-flight messages, then unsubscribes), and requests
     delivered in between are dropped without a reply. It also lets the proxy use the shared
-    :func:`opspawn_contracts.nats_connection.connect`.
+    :func:`opspawn_messaging.nats_connection.connect`.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from opspawn_contracts.settings import ServiceSettings
+from opspawn_messaging.settings import ServiceSettings
 from opspawn_observability.ops_server import OpsSettings
 
 

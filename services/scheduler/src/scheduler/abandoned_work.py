@@ -25,12 +25,13 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import EventLog, StoredEvent
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import Event, TaskFailed, TaskFailedData
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView
 from opspawn_contracts.work import TaskAssignment
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog, StoredEvent
 from scheduler.task_decisions import HistoryKeptMoving, append_decision
 
 logger = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from opspawn_contracts.dead_letters import DeadLetters
-from opspawn_contracts.event_log import EventLog
-from opspawn_contracts.nats_connection import connect
-from opspawn_contracts.service_process import serve
-from opspawn_contracts.settings import load_settings
-from opspawn_contracts.streams import ensure_streams
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.nats_connection import connect
+from opspawn_messaging.service_process import serve
+from opspawn_messaging.settings import load_settings
+from opspawn_messaging.streams import ensure_streams
 from opspawn_observability import configure_service
 from opspawn_observability.backlog import BacklogSampler
 from opspawn_observability.metrics import count_dead_letter
@@ -38,10 +38,9 @@ from scheduler.abandoned_work import AbandonedWork
 from scheduler.deadlines import DeadlineWatch
 from scheduler.dispatch import CommandDispatcher
 from scheduler.projection import Projection
-from scheduler.retries import Retries
+from scheduler.retries import Retries, RetryPolicy
 from scheduler.settings import SchedulerSettings
 from scheduler.status import StatusResponder
-from scheduler.task_decisions import RetryPolicy
 
 SERVICE_NAME = "scheduler"
 

@@ -29,10 +29,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.deadlines import timed_out
-from opspawn_contracts.event_log import EventLog, StoredEvent
 from opspawn_contracts.events import Event, utc_now
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView
+from opspawn_messaging.event_log import EventLog, StoredEvent
 from opspawn_readmodel.tables import tasks
 from scheduler.task_decisions import HistoryKeptMoving, append_decision
 

@@ -13,21 +13,18 @@ Contract (at-least-once in, one effect out):
   duplicate window would run the task twice.
 - A command that fails validation is kept in the dead-letter stream with the reason, then
   terminated (never redelivered) and logged at ERROR; the loop goes on. One that names a task
-  another command already submitted is refused the same way, without a dead letter (it was
+  another command already submitted is dropped the same way, without a dead letter (it was
   decided, not lost).
-- Failures to reach NATS are not the command's fault: it is nak'ed and redelivered later. At its
-  last delivery (the consumer's ``max_deliver``) a command that still fails is dead-lettered
-  instead, so it can be re-driven once the cause is fixed.
+- Failures to reach NATS are not the command's fault: it comes back later. At its last delivery
+  (the consumer's ``max_deliver``) a command that still fails is dead-lettered instead, so it can
+  be re-driven once the cause is fixed. (The handler only says which of these happened; the
+  settling is :mod:`opspawn_messaging.settlement`'s, as for every consumer.)
 
 - Commands of one fetched batch are decided concurrently, except that commands about the same
   task are decided one after another in stream order (a per-task lock taken in arrival order), so
   a SubmitTask and a CancelTask of one task cannot overtake each other.
 
-Plain nats-py rather than FastStream: :class:`EventLog` needs the JetStream context of the
-connection the projection also uses, and the durable consumer must be exactly
-:func:`scheduler_commands_consumer`. FastStream would open a second connection and rebuild the
-consumer from its own arguments; one fetch loop on the shared connection is less code, and it
-keeps each task's commands in stream order, which FastStream's concurrent batches do not.
+The loop is :class:`~opspawn_messaging.pull_loop.PullLoop` (why not FastStream: see there).
 """
 
 from __future__ import annotations
@@ -44,9 +41,9 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from opspawn_contracts.commands import CancelTask, SubmitTask, decode_command
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
+    Event,
     TaskCancelled,
     TaskCancelledData,
     TaskSubmitted,
@@ -54,19 +51,30 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.task import TaskStatus, TaskView, evolve
+from opspawn_contracts.task import TaskStatus, TaskView
 from opspawn_contracts.work import TaskAssignment
-from opspawn_observability.metrics import count_redelivery
-from opspawn_observability.tracing import handling, inject_context
-from scheduler.pull_loop import pull_until_stopped
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
+from opspawn_messaging.pull_loop import PullLoop
+from opspawn_messaging.settlement import (
+    Done,
+    Dropped,
+    Failed,
+    GiveUpRule,
+    Outcome,
+    Refused,
+    Settlement,
+)
+from opspawn_observability.metrics import CountRedeliveries
+from opspawn_observability.tracing import TraceHandling, handling_scope
 from scheduler.rejections import describe
-from scheduler.work_queue import deadline, resolved_options
+from scheduler.task_decisions import HistoryKeptMoving, append_decision
+from scheduler.work_queue import deadline, queue, resolved_options
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds before a command whose effects could not be stored is delivered again."""
-CANCEL_ATTEMPTS = 10
 
 
 class CommandRejected(Exception):
@@ -113,13 +121,6 @@ def first_assignment(
     )
 
 
-def current_state(history: list[StoredEvent]) -> TaskView | None:
-    state: TaskView | None = None
-    for stored in history:
-        state = evolve(state, stored.event)
-    return state
-
-
 class CommandDispatcher:
     """Consumes the commands stream through the scheduler's durable pull consumer."""
 
@@ -139,75 +140,59 @@ class CommandDispatcher:
         self._subjects = subjects
         self._events = EventLog(js, subjects)
         self._default_max_attempts = default_max_attempts
-        self._dead_letters = dead_letters
-        self._max_deliver = scheduler_commands_consumer(subjects).max_deliver or 0
-        self._batch_size = batch_size
-        self._poll_interval = poll_interval
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        settlement = Settlement(
+            DeadLetterSource.COMMANDS,
+            GiveUpRule.of_consumer(scheduler_commands_consumer(subjects), retry_delay=RETRY_DELAY),
+            dead_letters,
+            what="command",
+            log=logger,
+        )
+        self._loop = PullLoop(
+            js,
+            scheduler_commands_consumer(subjects),
+            self.handle,
+            settlement,
+            stream=subjects.commands_stream,
+            subject=subjects.all_commands,
+            what="commands",
+            batch_size=batch_size,
+            fetch_timeout=poll_interval,
+            in_order=False,
+            middleware=[CountRedeliveries(DeadLetterSource.COMMANDS), TraceHandling("command")],
+        )
         self._task_locks: dict[UUID, tuple[asyncio.Lock, int]] = {}
 
-    async def start(self) -> JetStreamContext.PullSubscription:
+    async def start(self) -> None:
         """Create or bind the durable consumer; its existence is the scheduler's readiness."""
-        if self._subscription is None:
-            self._subscription = await self._js.pull_subscribe(
-                self._subjects.all_commands,
-                durable=self._subjects.scheduler_commands_consumer,
-                stream=self._subjects.commands_stream,
-                config=scheduler_commands_consumer(self._subjects),
-            )
-        return self._subscription
+        await self._loop.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Handle commands until ``stop`` is set; the batch in hand is finished first."""
-        subscription = await self.start()
-        try:
-            await pull_until_stopped(
-                subscription,
-                self.handle,
-                stop,
-                batch_size=self._batch_size,
-                poll_interval=self._poll_interval,
-                what="commands",
-                concurrent=True,
-            )
-        finally:
-            self._subscription = None
-            await subscription.unsubscribe()
+        """Handle commands until ``stop`` is set; the commands in hand are finished first."""
+        await self._loop.run(stop)
 
-    async def handle(self, message: Msg) -> None:
-        """Decide one delivered command and settle it: ack, term (refused) or nak (retry)."""
-        sequence = message.metadata.sequence.stream
-        count_redelivery(DeadLetterSource.COMMANDS, message)
+    async def handle(self, message: Msg) -> Outcome:
+        """Decide one delivered command: done, dropped (decided, not carried out), refused (it
+        can never be stored) or failed (NATS did not answer; it comes back)."""
         try:
             command = decode_command(message.data)
-            with handling(type(command).__name__, message.headers) as scope:
-                scope.task(command.task_id)
-                async with self._task_lock(command.task_id):
-                    if isinstance(command, CancelTask):
-                        await self.cancel(command)
-                    else:
-                        await self.submit(command)
         except ValidationError as error:
-            logger.error(
-                "refused command at sequence %d on %s: %s",
-                sequence,
-                message.subject,
-                describe(error),
-            )
-            await self._dead_letter(message, f"not a valid command: {describe(error)}")
+            return Refused(f"not a valid command: {describe(error)}")
+        scope = handling_scope()
+        scope.rename(type(command).__name__)
+        scope.task(command.task_id)
+        try:
+            async with self._task_lock(command.task_id):
+                if isinstance(command, CancelTask):
+                    await self.cancel(command)
+                else:
+                    await self.submit(command)
         except CommandRejected as error:
-            logger.error("refused command at sequence %d: %s", sequence, error)
-            await message.term()
+            return Dropped(str(error))
         except EventTooLarge as error:  # every delivery would fail the same way
-            logger.error("refused command at sequence %d: %s", sequence, error)
-            await self._dead_letter(message, f"its event cannot be stored: {error}")
-        except (nats.errors.Error, TimeoutError) as error:
-            await self._not_stored(message, error)
-        except Exception as error:  # a bug in one command must not stop the others
-            logger.exception("command at sequence %d raised unexpectedly", sequence)
-            await self._not_stored(message, error)
-        else:
-            await message.ack()
+            return Refused(f"its event cannot be stored: {error}")
+        except (nats.errors.Error, TimeoutError, HistoryKeptMoving) as error:
+            return Failed(repr(error))
+        return Done()
 
     @contextlib.asynccontextmanager
     async def _task_lock(self, task_id: UUID) -> AsyncIterator[None]:
@@ -226,38 +211,6 @@ class CommandDispatcher:
             else:
                 self._task_locks[task_id] = (lock, users - 1)
 
-    async def _not_stored(self, message: Msg, error: BaseException) -> None:
-        """Redeliver later; at the last delivery, dead-letter instead."""
-        sequence, delivery = message.metadata.sequence.stream, message.metadata.num_delivered
-        if self._max_deliver > 0 and delivery >= self._max_deliver:
-            await self._dead_letter(
-                message, f"handling failed at each of {delivery} deliveries, last: {error!r}"
-            )
-            return
-        logger.warning(
-            "command at sequence %d (delivery %d) not stored, retrying in %.1f s: %r",
-            sequence,
-            delivery,
-            RETRY_DELAY,
-            error,
-        )
-        await message.nak(delay=RETRY_DELAY)
-
-    async def _dead_letter(self, message: Msg, reason: str) -> None:
-        """Keep the command with ``reason`` and terminate it; if it cannot be kept, redeliver."""
-        if self._dead_letters is not None:
-            try:
-                await self._dead_letters.record(DeadLetterSource.COMMANDS, message, reason)
-            except (nats.errors.Error, TimeoutError) as error:
-                logger.warning(
-                    "could not dead-letter command %d, retrying: %r",
-                    message.metadata.sequence.stream,
-                    error,
-                )
-                await message.nak(delay=RETRY_DELAY)
-                return
-        await message.term()
-
     async def submit(self, command: SubmitTask) -> None:
         """Record the task's submission and queue its first attempt; safe to repeat."""
         submitted = task_submitted(command)
@@ -271,17 +224,19 @@ class CommandDispatcher:
             submitted, sequence = stored, None
         else:
             logger.info("task %s submitted (%s)", command.task_id, command.task_type)
-        await self._queue(
+        await queue(
+            self._js,
+            self._subjects,
             first_assignment(
                 submitted, default_max_attempts=self._default_max_attempts, sequence=sequence
-            )
+            ),
         )
 
     async def cancel(self, command: CancelTask) -> None:
         """Record TaskCancelled if the task is pending or running; safe to repeat.
 
-        Appended at the task's current version, so it cannot interleave with a runner's append;
-        on a conflict the history is read again and the decision made afresh.
+        Decided from the task's current history and appended at its version, so it cannot
+        interleave with a runner's append (:func:`~scheduler.task_decisions.append_decision`).
         """
         cancelled = TaskCancelled(
             event_id=uuid5(command.command_id, "TaskCancelled"),
@@ -290,24 +245,17 @@ class CommandDispatcher:
             causation_id=command.command_id,
             data=TaskCancelledData(reason=command.reason),
         )
-        for _ in range(CANCEL_ATTEMPTS):
-            history = await self._events.task_history(command.task_id)
-            state = current_state(history)
+
+        def decide(state: TaskView | None, history: list[StoredEvent]) -> Event | None:
             if state is None:
                 raise CommandRejected(f"cannot cancel task {command.task_id}: no such task")
             if state.status.is_terminal:
                 logger.info("cancel of task %s: already %s", command.task_id, state.status)
-                return
-            try:
-                await self._events.append(cancelled, expected_version=history.last_sequence)
-            except ConcurrencyConflict:
-                continue
+                return None
+            return cancelled
+
+        if await append_decision(self._events, command.task_id, decide) is not None:
             logger.info("task %s cancelled", command.task_id)
-            return
-        raise CommandRejected(
-            f"cannot cancel task {command.task_id}: "
-            f"its history kept moving ({CANCEL_ATTEMPTS} tries)"
-        )
 
     async def _stored_submission(self, command: SubmitTask) -> TaskSubmitted | None:
         """The TaskSubmitted an earlier delivery of ``command`` stored, if its work is still due.
@@ -325,7 +273,7 @@ class CommandDispatcher:
                 f"task {command.task_id} was already submitted by command {first.causation_id}, "
                 f"not by {command.command_id}"
             )
-        state = current_state(history)
+        state = history.state()
         if state is None or state.status is not TaskStatus.PENDING:
             logger.info(
                 "command %s delivered again; task %s is %s, nothing to redo",
@@ -335,19 +283,3 @@ class CommandDispatcher:
             )
             return None
         return first
-
-    async def _queue(self, assignment: TaskAssignment) -> None:
-        headers = {"Nats-Msg-Id": assignment.msg_id()}
-        inject_context(headers)
-        ack = await self._js.publish(
-            self._subjects.work(assignment.task_type),
-            assignment.model_dump_json().encode(),
-            stream=self._subjects.work_stream,
-            headers=headers,
-        )
-        logger.info(
-            "task %s attempt %d %s",
-            assignment.task_id,
-            assignment.attempt,
-            "was already queued" if ack.duplicate else "queued",
-        )

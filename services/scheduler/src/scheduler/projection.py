@@ -50,10 +50,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import read_event
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import Event
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import read_event
 from opspawn_observability.metrics import count_projected, record_projection_progress
 from opspawn_readmodel.database import KEY_LOOKUP_SETTINGS, open_session
 from opspawn_readmodel.projector import TaskProjector, refuses_content

@@ -14,13 +14,17 @@ The scheduler follows two event types through its durable ``scheduler-decisions`
 Both reactions re-read the task's history and decide from it (:mod:`scheduler.task_decisions`),
 so a redelivery, a second scheduler or a cancel in between changes the decision, never doubles it.
 A message is acknowledged only after its effect is stored. One that is not a valid event goes to
-the dead letters; one whose handling keeps failing goes there after :data:`MAX_HANDLING_FAILURES`.
+the dead letters; one whose handling keeps failing goes there after
+:data:`DECISIONS_GIVE_UP_AFTER` deliveries (the consumer itself has no ``max_deliver``: a retry
+that is not due yet comes back as often as its timer needs). Settling is
+:mod:`opspawn_messaging.settlement`'s, as for every consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,8 +36,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from opspawn_contracts.dead_letters import DeadLetters, DeadLetterSource
-from opspawn_contracts.event_log import EventLog, StoredEvent, read_event
+from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
     Event,
     TaskAttemptFailed,
@@ -46,18 +49,43 @@ from opspawn_contracts.events import (
 from opspawn_contracts.streams import scheduler_decisions_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus, TaskView
-from opspawn_observability.tracing import handling
-from scheduler.pull_loop import pull_until_stopped
+from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.event_log import EventLog, StoredEvent, read_event
+from opspawn_messaging.pull_loop import PullLoop
+from opspawn_messaging.settlement import (
+    Done,
+    Failed,
+    GiveUpRule,
+    Later,
+    Outcome,
+    Refused,
+    Settlement,
+)
+from opspawn_observability.tracing import TraceHandling, handling_scope
 from scheduler.rejections import describe
-from scheduler.task_decisions import HistoryKeptMoving, RetryPolicy, append_decision, fold
+from scheduler.task_decisions import HistoryKeptMoving, append_decision
 from scheduler.work_queue import assignment_for, queue
 
 logger = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0
 """Seconds before a decision that could not be stored is tried again."""
-MAX_HANDLING_FAILURES = 20
+DECISIONS_GIVE_UP_AFTER = 20
 MIN_TIMER_DELAY = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: the delay after attempt ``n`` fails is drawn uniformly
+    from the upper half of ``min(max_delay, base_delay * 2 ** (n - 1))``, so retries of tasks
+    that failed together spread out instead of hitting a recovering dependency at once."""
+
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.max_delay, self.base_delay * 2 ** max(0, failed_attempt - 1))
+        return (rng or random).uniform(ceiling / 2, ceiling)
 
 
 @dataclass
@@ -86,61 +114,49 @@ class Retries:
         self._log = EventLog(js, subjects)
         self._policy = policy or RetryPolicy()
         self._default_max_attempts = default_max_attempts
-        self._dead_letters = dead_letters
-        self._batch_size = batch_size
-        self._poll_interval = poll_interval
+        settlement = Settlement(
+            DeadLetterSource.EVENTS,
+            GiveUpRule(DECISIONS_GIVE_UP_AFTER, RETRY_DELAY),
+            dead_letters,
+            what="event",
+            log=logger,
+        )
+        self._loop = PullLoop(
+            js,
+            scheduler_decisions_consumer(subjects),
+            self.handle,
+            settlement,
+            stream=subjects.events_stream,
+            subject=subjects.all_events,
+            what="decisions",
+            batch_size=batch_size,
+            fetch_timeout=poll_interval,
+            middleware=[TraceHandling("decide")],
+        )
         self._clock = clock
-        self._subscription: JetStreamContext.PullSubscription | None = None
 
-    async def start(self) -> JetStreamContext.PullSubscription:
-        if self._subscription is None:
-            config = scheduler_decisions_consumer(self._subjects)
-            self._subscription = await self._js.pull_subscribe(
-                self._subjects.all_events,
-                durable=self._subjects.scheduler_decisions_consumer,
-                stream=self._subjects.events_stream,
-                config=config,
-            )
-        return self._subscription
+    async def start(self) -> None:
+        """Create or bind the durable consumer."""
+        await self._loop.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Decide until ``stop`` is set; the batch in hand is finished first."""
-        subscription = await self.start()
-        try:
-            await pull_until_stopped(
-                subscription,
-                self.handle,
-                stop,
-                batch_size=self._batch_size,
-                poll_interval=self._poll_interval,
-                what="decisions",
-            )
-        finally:
-            self._subscription = None
-            await subscription.unsubscribe()
+        await self._loop.run(stop)
 
-    async def handle(self, message: Msg) -> None:
-        """React to one event and settle its message: ack, nak (timer or retry), or term."""
+    async def handle(self, message: Msg) -> Outcome:
+        """React to one event: done, later (a retry's timer), refused or failed."""
         try:
             event = read_event(self._subjects, message.subject, message.data)
         except ValidationError as error:
-            await self._give_up(message, f"not a valid event: {describe(error)}")
-            return
+            return Refused(f"not a valid event: {describe(error)}")
+        scope = handling_scope()
+        scope.rename(f"decide after {event.event_type}")
+        scope.task(event.task_id)
         try:
-            with handling(f"decide after {event.event_type}", message.headers) as scope:
-                scope.task(event.task_id)
-                wait = await self.react(event)
+            wait = await self.react(event)
         except (nats.errors.Error, TimeoutError, HistoryKeptMoving) as error:
-            await self._failed(message, error)
-            return
-        except Exception as error:  # a bug must not stop every other task's decisions
-            logger.exception("deciding on %s failed unexpectedly", message.subject)
-            await self._failed(message, error)
-            return
-        if wait is None:
-            await message.ack()
-        else:
-            await message.nak(delay=wait)
+            return Failed(repr(error))
+        return Done() if wait is None else Later(wait)
 
     async def react(self, event: Event) -> float | None:
         """Act on ``event``; seconds until it should be looked at again, or ``None`` when done."""
@@ -208,8 +224,7 @@ class Retries:
         remaining = (scheduled.data.not_before - self._clock()).total_seconds()
         if remaining > MIN_TIMER_DELAY:
             return remaining
-        history = await self._log.task_history(scheduled.task_id)
-        state = fold(history)
+        state = (await self._log.task_history(scheduled.task_id)).state()
         if not _waiting_for(state, scheduled.data.attempt):
             return None
         assert state is not None
@@ -223,31 +238,6 @@ class Retries:
         if await queue(self._js, self._subjects, assignment):
             self.stats.retries_queued += 1
         return None
-
-    async def _failed(self, message: Msg, error: BaseException) -> None:
-        deliveries = message.metadata.num_delivered
-        if deliveries >= MAX_HANDLING_FAILURES:
-            await self._give_up(message, f"handling failed {deliveries} times, last: {error!r}")
-            return
-        logger.warning(
-            "decision on %s (delivery %d) failed, retrying in %.1f s: %r",
-            message.subject,
-            deliveries,
-            RETRY_DELAY,
-            error,
-        )
-        await message.nak(delay=RETRY_DELAY)
-
-    async def _give_up(self, message: Msg, reason: str) -> None:
-        logger.error("no decision on %s: %s", message.subject, reason)
-        if self._dead_letters is not None:
-            try:
-                await self._dead_letters.record(DeadLetterSource.EVENTS, message, reason)
-            except nats.errors.Error as error:
-                logger.warning("could not dead-letter %s, retrying: %r", message.subject, error)
-                await message.nak(delay=RETRY_DELAY)
-                return
-        await message.term()
 
 
 def _waiting_for(state: TaskView | None, attempt: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 
 from opspawn_contracts.events import MAX_TASK_ATTEMPTS
-from opspawn_contracts.settings import ServiceSettings
+from opspawn_messaging.settings import ServiceSettings
 from opspawn_observability.ops_server import OpsSettings
 from opspawn_readmodel.database import PostgresUrl
 

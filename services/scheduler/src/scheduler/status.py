@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
-from opspawn_contracts.dead_letters import DeadLetters
 from opspawn_contracts.subjects import Subjects
+from opspawn_messaging.dead_letters import DeadLetters
 from scheduler.abandoned_work import AbandonedWork
 from scheduler.deadlines import DeadlineWatch
 from scheduler.projection import Projection

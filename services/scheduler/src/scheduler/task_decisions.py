@@ -9,14 +9,12 @@ again and the decision made afresh, a bounded number of times.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from uuid import UUID
 
-from opspawn_contracts.event_log import ConcurrencyConflict, EventLog, StoredEvent
 from opspawn_contracts.events import Event
-from opspawn_contracts.task import TaskView, evolve
+from opspawn_contracts.task import TaskView
+from opspawn_messaging.event_log import ConcurrencyConflict, EventLog, StoredEvent
 
 DECISION_TRIES = 10
 
@@ -27,19 +25,12 @@ class HistoryKeptMoving(Exception):
     """Every try conflicted with another writer; the caller retries later."""
 
 
-def fold(history: list[StoredEvent]) -> TaskView | None:
-    state: TaskView | None = None
-    for stored in history:
-        state = evolve(state, stored.event)
-    return state
-
-
 async def append_decision(log: EventLog, task_id: UUID, decide: Decide) -> int | None:
     """Decide on ``task_id`` from its current history and append the decision; its sequence,
     or ``None`` if there was nothing to decide."""
     for _ in range(DECISION_TRIES):
         history = await log.task_history(task_id)
-        event = decide(fold(history), history)
+        event = decide(history.state(), history)
         if event is None:
             return None
         try:
@@ -47,17 +38,3 @@ async def append_decision(log: EventLog, task_id: UUID, decide: Decide) -> int |
         except ConcurrencyConflict:
             continue
     raise HistoryKeptMoving(f"task {task_id}: its history kept moving ({DECISION_TRIES} tries)")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: the delay after attempt ``n`` fails is drawn uniformly
-    from the upper half of ``min(max_delay, base_delay * 2 ** (n - 1))``, so retries of tasks
-    that failed together spread out instead of hitting a recovering dependency at once."""
-
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.max_delay, self.base_delay * 2 ** max(0, failed_attempt - 1))
-        return (rng or random).uniform(ceiling / 2, ceiling)

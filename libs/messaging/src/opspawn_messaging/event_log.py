@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from nats.errors import MaxPayloadError
@@ -27,6 +28,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from opspawn_contracts.events import Event, decode_event, encode_event
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
 from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import TaskView, fold
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,23 @@ class TaskHistory(list[StoredEvent]):
         self.last_sequence = last_sequence
         self.unreadable = unreadable
         """Messages on the task's subjects that were stepped over."""
+
+    def state(self) -> TaskView | None:
+        """The task's state after these events (``None`` before its TaskSubmitted)."""
+        return fold(stored.event for stored in self)
+
+    def until(self, *, sequence: int | None = None, at: datetime | None = None) -> TaskHistory:
+        """The history as it was at stream ``sequence`` or time ``at`` (both: either bound);
+        an event counts at ``at`` if its ``occurred_at`` is not after it."""
+        kept: list[StoredEvent] = []
+        for stored in self:
+            if sequence is not None and stored.sequence > sequence:
+                break
+            if at is not None and stored.event.occurred_at > at:
+                break
+            kept.append(stored)
+        last = kept[-1].sequence if kept else 0
+        return TaskHistory(kept, last_sequence=last, unreadable=0)
 
 
 def read_event(subjects: Subjects, subject: str, payload: bytes) -> Event:

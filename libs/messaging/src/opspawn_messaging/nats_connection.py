@@ -7,7 +7,7 @@ import asyncio
 import nats
 from nats.aio.client import Client
 
-from opspawn_contracts.settings import ServiceSettings
+from opspawn_messaging.settings import ServiceSettings
 
 
 class NatsUnavailable(ConnectionError):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from opspawn_contracts.nats_connection import NatsUnavailable, connect
-from opspawn_contracts.settings import ServiceSettings
 from opspawn_embedded import EmbeddedNats, free_port
+from opspawn_messaging.nats_connection import NatsUnavailable, connect
+from opspawn_messaging.settings import ServiceSettings
 
 
 async def test_first_connect_is_bounded_and_names_the_variable() -> None:
