@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
 from opspawn_cli.demo import wait_terminal
 from opspawn_cli.system import LocalSystem
+from opspawn_contracts.events import StepStarted, TaskStarted
 from opspawn_contracts.subjects import Subjects
 from opspawn_messaging.event_log import EventLog
 
@@ -36,12 +37,9 @@ PLAN: list[dict[str, Any]] = [
 EXPECTED_ORDER = [
     "TaskSubmitted",
     "TaskStarted",
-    "ToolCallRequested",
-    "ToolCallCompleted",
-    "AgentStepCompleted",
-    "ToolCallRequested",
-    "ToolCallCompleted",
-    "AgentStepCompleted",
+    "StepCompleted",
+    "StepStarted",
+    "StepCompleted",
     "TaskCompleted",
 ]
 
@@ -80,10 +78,15 @@ async def test_rest_task_completes_through_every_service(
     assert [event["event_id"] for event in from_api] == [
         str(stored.event.event_id) for stored in from_stream
     ]
-    requested = [
-        stored.event for stored in from_stream if stored.event.event_type == "ToolCallRequested"
+    intents = [
+        stored.event.data.first_step
+        if isinstance(stored.event, TaskStarted)
+        else stored.event.data.step
+        for stored in from_stream
+        if isinstance(stored.event, TaskStarted | StepStarted)
     ]
-    assert [event.data.tool for event in requested] == ["math.add", "toolbox.word_count"]
+    intended = [call.tool for step in intents if step is not None for call in step.calls]
+    assert intended == ["math.add", "toolbox.word_count"]
 
 
 @pytest.mark.parametrize(

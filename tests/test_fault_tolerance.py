@@ -151,8 +151,8 @@ async def test_cancelling_a_running_task_stops_its_runner_mid_call(
         jetstream,
         subjects,
         task_id,
-        lambda history: history[-1].event.event_type == "ToolCallRequested",
-        "the sleep to start",
+        lambda history: history[-1].event.event_type == "TaskStarted",
+        "the sleep to start (its intent is recorded with the claim)",
     )
     cancelled_at = time.monotonic()
 
@@ -186,8 +186,8 @@ async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
         jetstream,
         subjects,
         task_id,
-        lambda history: history[-1].event.event_type == "ToolCallRequested",
-        "the first step to start",
+        lambda history: history[-1].event.event_type == "TaskStarted",
+        "the first step to start (its intent is recorded with the claim)",
     )
     [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
     victim = f"agent-{first.data.runner_id}"

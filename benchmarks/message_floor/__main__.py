@@ -17,6 +17,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[10_000])
     parser.add_argument("--runners", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sync", nargs="+", choices=["always", "default"], default=["default"])
+    parser.add_argument(
+        "--journal",
+        nargs="+",
+        choices=["v1", "v2"],
+        default=["v1", "v2"],
+        help="the runner's records: v2 today's, v1 before TaskStarted v2 (the baseline)",
+    )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     options = parser.parse_args()
     figures = []
@@ -24,8 +31,9 @@ def main() -> None:
         for sync in options.sync:
             for runners in options.runners:
                 for tasks in options.tasks:
-                    store = Path(workdir) / f"{sync}-{runners}-{tasks}"
-                    figures.append(measure(tasks, runners, sync, store))
+                    for journal in options.journal:
+                        store = Path(workdir) / f"{sync}-{runners}-{tasks}-{journal}"
+                        figures.append(measure(tasks, runners, sync, store, journal))
     report(figures)
     if options.output is not None:
         rows = [

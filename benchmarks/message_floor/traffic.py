@@ -3,9 +3,9 @@
 Every Opspawn task moves the same messages through JetStream, whatever the code around them
 does: the gateway stores a command; the scheduler pulls it, appends TaskSubmitted (expecting the
 task's history to be empty), queues a work item and acks the command; a runner pulls the work
-item, appends its five events one after another (TaskStarted, ToolCallRequested,
-ToolCallCompleted, AgentStepCompleted, TaskCompleted, each expecting the previous one's
-sequence) and acks it; the projection reads all six events. This benchmark sends exactly that
+item, appends its journal of a one-step task one event after another (TaskStarted carrying the
+step's intent, StepCompleted, TaskCompleted, each expecting the previous one's sequence) and acks
+it; the projection reads all four events. This benchmark sends exactly that
 traffic, with the real streams, consumers, subjects and headers (:mod:`opspawn_contracts`) and
 payloads of a real event's size, from three processes standing in for the services (so the
 wakeups and loopback hops cross processes as they do in the system) and with no HTTP, no
@@ -13,6 +13,11 @@ PostgreSQL, no pydantic and no agent: bare nats-py on uvloop.
 
 Its completed/s is therefore an upper bound for the system on this machine, and its CPU per task
 a lower bound: the part of the end-to-end cost that only fewer messages per task would remove.
+
+``--journal`` picks the runner's records: ``v2`` is today's (above); ``v1`` is the journal before
+TaskStarted v2 (TaskStarted, ToolCallRequested, ToolCallCompleted, AgentStepCompleted,
+TaskCompleted: five appends), run in the same process tree as the baseline the report compares
+with.
 The "gateway" here only publishes (its 32 clients wait for the command's ack, not for the
 projection); completion is the projection seeing a task's TaskCompleted::
 
@@ -45,8 +50,12 @@ from opspawn_messaging.streams import ensure_streams
 
 PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""
-RUNNER_EVENTS = ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
-                 "TaskCompleted")  # fmt: skip
+JOURNALS: dict[str, tuple[str, ...]] = {
+    "v2": ("TaskStarted", "StepCompleted", "TaskCompleted"),
+    "v1": ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
+           "TaskCompleted"),
+}  # fmt: skip
+"""The events a runner appends for a one-step task, by journal version."""
 RUNNER_CONCURRENCY = 8
 CLIENTS = 32
 
@@ -119,8 +128,10 @@ async def _scheduler(url: str, subjects: Subjects, tasks: int, done: Connection)
     await client.close()
 
 
-async def _runner(url: str, subjects: Subjects, stop_after: float, ready: Connection) -> None:
-    """Work items in; five chained appends and an ack per item, eight at a time."""
+async def _runner(
+    url: str, subjects: Subjects, journal: str, stop_after: float, ready: Connection
+) -> None:
+    """Work items in; the journal's chained appends and an ack per item, eight at a time."""
     client = await nats.connect(url)
     js = client.jetstream()
     work = await js.pull_subscribe(
@@ -135,7 +146,7 @@ async def _runner(url: str, subjects: Subjects, stop_after: float, ready: Connec
         # The work item says where the task's history ended (the real one: after_sequence).
         task_id = uuid.UUID(bytes=message.data[:16])
         after = int.from_bytes(message.data[16:24], "big")
-        for kind in RUNNER_EVENTS:
+        for kind in JOURNALS[journal]:
             after = await _append(js, subjects, task_id, kind, after)
         await message.ack()
 
@@ -196,6 +207,7 @@ class Figures:
     tasks: int
     runners: int
     sync: str
+    journal: str
     seconds: float
     cpu_ms_per_task: dict[str, float]
 
@@ -209,7 +221,7 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def measure(tasks: int, runners: int, sync: str, store: Path) -> Figures:
+def measure(tasks: int, runners: int, sync: str, store: Path, journal: str = "v2") -> Figures:
     """One run: ``tasks`` tasks' traffic with ``runners`` runner processes on a fresh server."""
     server = EmbeddedNats(store, sync_always=sync == "always")
     server.start()
@@ -227,7 +239,7 @@ def measure(tasks: int, runners: int, sync: str, store: Path) -> Figures:
         pipes: dict[str, Connection] = {}
         roles: list[tuple[str, str, tuple[object, ...]]] = [
             ("scheduler", "scheduler", (tasks,)),
-            *((f"runner-{n}", "runner", (600.0,)) for n in range(1, runners + 1)),
+            *((f"runner-{n}", "runner", (journal, 600.0)) for n in range(1, runners + 1)),
             ("gateway", "gateway", (tasks,)),
         ]
         for label, role, extra in roles:
@@ -253,6 +265,7 @@ def measure(tasks: int, runners: int, sync: str, store: Path) -> Figures:
             tasks,
             runners,
             sync,
+            journal,
             finished - started,
             {label: (after[label] - before[label]) * 1000 / tasks for label in watched},
         )
@@ -265,11 +278,21 @@ def measure(tasks: int, runners: int, sync: str, store: Path) -> Figures:
 def report(figures: list[Figures]) -> None:
     cores = os.cpu_count() or 1
     print(f"JetStream traffic of one task, nothing else ({cores} cores):")
-    print(f"{'tasks':>7} {'runners':>7} {'sync':>8} {'completed/s':>12} {'CPU ms/task':>12} "
-          f"{'CPU-bound ceiling/s':>20}   per process (ms/task)")  # fmt: skip
+    print(f"{'tasks':>7} {'runners':>7} {'sync':>8} {'journal':>7} {'completed/s':>12} "
+          f"{'vs v1':>6} {'CPU ms/task':>12} {'CPU-bound ceiling/s':>20}   "
+          "per process (ms/task)")  # fmt: skip
+    baseline = {
+        (row.tasks, row.runners, row.sync): row.tasks / row.seconds
+        for row in figures
+        if row.journal == "v1"
+    }
     for row in figures:
+        rate = row.tasks / row.seconds
+        base = baseline.get((row.tasks, row.runners, row.sync))
+        ratio = f"{rate / base:.2f}x" if base else "-"
         parts = ", ".join(f"{label} {value:.2f}" for label, value in row.cpu_ms_per_task.items())
         print(
-            f"{row.tasks:>7,} {row.runners:>7} {row.sync:>8} {row.tasks / row.seconds:>12,.0f} "
-            f"{row.total_cpu_ms:>12.2f} {cores * 1000 / row.total_cpu_ms:>20,.0f}   {parts}"
+            f"{row.tasks:>7,} {row.runners:>7} {row.sync:>8} {row.journal:>7} {rate:>12,.0f} "
+            f"{ratio:>6} {row.total_cpu_ms:>12.2f} {cores * 1000 / row.total_cpu_ms:>20,.0f}   "
+            f"{parts}"
         )

@@ -2,8 +2,10 @@
 
 Each story is what the services would have written for one task: submitted, then completed
 (in one or more attempts, some taken over from a runner presumed dead, whose late event is then
-superseded), failed, cancelled, timed out, or still running. :func:`append_stories` stores them
-the way the services do (optimistic appends, one chain per task), many tasks at once.
+superseded), failed, cancelled, timed out, or still running. Completed stories are recorded as
+runners record attempts today (TaskStarted v2 with the first step, StepStarted, StepCompleted); the
+others with the per-call records of earlier releases, so a replay reads both. :func:`append_stories`
+stores them the way the services do (optimistic appends, one chain per task), many tasks at once.
 """
 
 from __future__ import annotations
@@ -69,6 +71,45 @@ class _Story:
                     ),
                 )
 
+    def journal(self, attempt: int, count: int) -> None:
+        """Attempt ``attempt`` as runners record it since TaskStarted v2: the claim with the
+        first step's intent, then a StepCompleted per step and a StepStarted before each later
+        one."""
+        for step in range(count):
+            intent = e.StepIntent(
+                step_index=step,
+                calls=[
+                    e.ToolCallIntent(
+                        call_id=f"c{attempt}-{step}", tool="math.add", arguments={"a": step, "b": 1}
+                    )
+                ],
+            )
+            if step == 0:
+                self.add(
+                    e.TaskStarted,
+                    e.TaskStartedData(
+                        attempt=attempt, runner_id=f"runner-{attempt}", first_step=intent
+                    ),
+                )
+            else:
+                self.add(e.StepStarted, e.StepStartedData(attempt=attempt, step=intent))
+            self.add(
+                e.StepCompleted,
+                e.StepCompletedData(
+                    attempt=attempt,
+                    step_index=step,
+                    outcomes=[
+                        e.ToolCallOutcome(
+                            call_id=f"c{attempt}-{step}",
+                            tool="math.add",
+                            ok=True,
+                            result=step + 1,
+                            duration_ms=0.5 + step,
+                        )
+                    ],
+                ),
+            )
+
     def started(self, attempt: int, supersedes: int | None = None) -> None:
         self.add(
             e.TaskStarted,
@@ -89,11 +130,12 @@ def story(index: int, steps: int = 5) -> list[Event]:
             task_type="agent_run", input_data={"plan": [], "n": index}, options=options
         ),
     )
-    s.started(1)
+    if scenario == "completed":  # recorded the way runners record attempts today
+        s.journal(1, steps)
+        s.add(e.TaskCompleted, e.TaskCompletedData(attempt=1, output_data={"result": steps}))
+        return s.events
+    s.started(1)  # the rest as runners recorded them before TaskStarted v2
     match scenario:
-        case "completed":
-            s.steps(1, steps)
-            s.add(e.TaskCompleted, e.TaskCompletedData(attempt=1, output_data={"result": steps}))
         case "retried":
             s.steps(1, steps // 2, fail_last=True)
             s.add(e.TaskAttemptFailed, e.TaskAttemptFailedData(attempt=1, error_message="boom"))

@@ -43,7 +43,7 @@ from opspawn_messaging.event_log import EventLog
 from opspawn_messaging.streams import ensure_streams
 from opspawn_readmodel.database import asyncpg_url, create_engine
 from opspawn_readmodel.migrate import migrate
-from opspawn_readmodel.projector import TaskProjector
+from opspawn_readmodel.projector import Delivered, TaskProjector
 from scheduler.projection import Projection
 
 NAME = "BENCH_EVENTS"
@@ -98,7 +98,7 @@ async def one_per_transaction(engine: AsyncEngine, events: list[tuple[int, bytes
     started = time.perf_counter()
     for sequence, payload in events:
         async with engine.begin() as connection:
-            await projector.apply(connection, sequence, decode_event(payload))
+            await projector.apply(connection, sequence, decode_event(payload), payload)
     return Figures("one-per-transaction", len(events), time.perf_counter() - started)
 
 
@@ -108,7 +108,8 @@ async def batched(engine: AsyncEngine, events: list[tuple[int, bytes]], size: in
     started = time.perf_counter()
     for start in range(0, len(events), size):
         batch = [
-            (sequence, decode_event(payload)) for sequence, payload in events[start : start + size]
+            Delivered(sequence, decode_event(payload), payload)
+            for sequence, payload in events[start : start + size]
         ]
         async with engine.begin() as connection:
             await projector.apply_batch(connection, batch)

@@ -290,9 +290,7 @@ class StreamProbe:
 HEALTHY_RUN = [
     "TaskSubmitted",
     "TaskStarted",
-    "ToolCallRequested",
-    "ToolCallCompleted",
-    "AgentStepCompleted",
+    "StepCompleted",
     "TaskCompleted",
 ]
 

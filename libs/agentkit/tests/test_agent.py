@@ -10,7 +10,7 @@ import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.interfaces import SecurityManager
+from agentkit.interfaces import SecurityManager, ToolCall
 from agentkit.memory import BoundedMemory
 from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools, ToolAllowlist
@@ -18,9 +18,9 @@ from agentkit.steps import (
     AgentResult,
     StepFinished,
     StepRecord,
+    StepStarted,
     StopReason,
     ToolCallFinished,
-    ToolCallStarted,
 )
 from agentkit.tools.builtin import builtin_registry
 from agentkit.tools.local import LocalTools
@@ -57,9 +57,10 @@ class Recorder:
         """The records with ``duration_ms`` zeroed, after checking each is a real duration."""
         plain: list[StepRecord] = []
         for record in self.records:
-            if isinstance(record, ToolCallFinished):
-                assert record.duration_ms >= 0
-                record = replace(record, duration_ms=0)
+            if isinstance(record, StepFinished):
+                assert all(outcome.duration_ms >= 0 for outcome in record.outcomes)
+                outcomes = tuple(replace(outcome, duration_ms=0) for outcome in record.outcomes)
+                record = replace(record, outcomes=outcomes)
             plain.append(record)
         return plain
 
@@ -82,8 +83,14 @@ def _finished(
     )
 
 
-def _started(step: int, tool: str, arguments: dict[str, JsonValue]) -> ToolCallStarted:
-    return ToolCallStarted(step_index=step, call_id=f"plan-{step}", tool=tool, arguments=arguments)
+def _started(step: int, tool: str, arguments: dict[str, JsonValue]) -> StepStarted:
+    return StepStarted(
+        step_index=step, calls=(ToolCall(call_id=f"plan-{step}", tool=tool, arguments=arguments),)
+    )
+
+
+def _step_finished(*outcomes: ToolCallFinished) -> StepFinished:
+    return StepFinished(step_index=outcomes[0].step_index, outcomes=outcomes)
 
 
 ADD: dict[str, JsonValue] = {"tool": "math.add", "args": {"a": 2, "b": 3}}
@@ -107,11 +114,9 @@ async def test_a_two_step_plan_reports_every_step_and_the_last_result() -> None:
     )
     assert recorder.without_durations() == [
         _started(0, "math.add", {"a": 2, "b": 3}),
-        _finished(0, "math.add", result=5),
-        StepFinished(step_index=0, tool_call_ids=("plan-0",)),
+        _step_finished(_finished(0, "math.add", result=5)),
         _started(1, "math.multiply", {"a": 5, "b": 1.5}),
-        _finished(1, "math.multiply", result=7.5),
-        StepFinished(step_index=1, tool_call_ids=("plan-1",)),
+        _step_finished(_finished(1, "math.multiply", result=7.5)),
     ]
     assert [
         (message.role, message.tool_call_id, [call.call_id for call in message.tool_calls])
@@ -138,7 +143,7 @@ async def test_a_raising_tool_fails_its_step_and_keeps_the_steps_before() -> Non
     )
     assert recorder.without_durations()[-2:] == [
         _started(1, "math.divide", {"a": 1, "b": 0}),
-        _finished(1, "math.divide", error="ZeroDivisionError: division by zero"),
+        _step_finished(_finished(1, "math.divide", error="ZeroDivisionError: division by zero")),
     ]
 
 
@@ -170,7 +175,10 @@ async def test_each_failure_kind_names_the_step_and_the_cause(
         {"steps": []},
     )
     assert result.error_message == f"step 1 ({step['tool']}) failed: {error}"
-    assert [type(record) for record in recorder.records] == [ToolCallStarted, ToolCallFinished]
+    assert [type(record) for record in recorder.records] == [StepStarted, StepFinished]
+    finished = recorder.records[1]
+    assert isinstance(finished, StepFinished)
+    assert not finished.ok
 
 
 async def test_a_malformed_plan_fails_before_any_step() -> None:
@@ -200,7 +208,7 @@ async def test_cancelling_stops_the_call_in_flight() -> None:
 
     async def cancel_once_sleeping(record: StepRecord) -> None:
         await recorder(record)
-        if isinstance(record, ToolCallStarted) and record.tool == "util.sleep":
+        if isinstance(record, StepStarted) and record.calls[0].tool == "util.sleep":
             asyncio.get_running_loop().call_later(0.3, cancel.set)
 
     sleep: dict[str, JsonValue] = {"tool": "util.sleep", "args": {"seconds": 30}}
@@ -213,7 +221,9 @@ async def test_cancelling_stops_the_call_in_flight() -> None:
         output={"steps": [{"tool": "math.add", "args": {"a": 2, "b": 3}, "result": 5}]},
         error_message="cancelled during step 2 (util.sleep)",
     )
-    assert recorder.without_durations()[-1] == _finished(1, "util.sleep", error="cancelled")
+    assert recorder.without_durations()[-1] == _step_finished(
+        _finished(1, "util.sleep", error="cancelled")
+    )
 
 
 async def test_a_run_cancelled_before_it_starts_runs_nothing() -> None:

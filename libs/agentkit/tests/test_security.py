@@ -11,7 +11,7 @@ from agentkit.interfaces import CallContext, SecurityManager, ToolCall
 from agentkit.memory import BoundedMemory
 from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools, ToolAllowlist
-from agentkit.steps import StepRecord, StopReason, ToolCallFinished
+from agentkit.steps import StepFinished, StepRecord, StopReason
 from agentkit.tools.builtin import builtin_registry
 from agentkit.tools.local import LocalTools
 from agentkit.tools.router import ToolRouter
@@ -91,7 +91,9 @@ async def test_a_denied_call_is_a_failed_step_with_the_reason() -> None:
         "step 2 (util.sleep) failed: tool 'util.sleep' is not in this task's allowed_tools "
         "(math.*)",
     )
-    finished = [step for step in records if isinstance(step, ToolCallFinished)]
+    finished = [
+        outcome for step in records if isinstance(step, StepFinished) for outcome in step.outcomes
+    ]
     assert [(step.tool, step.ok, step.error) for step in finished] == [
         ("math.add", True, None),
         (

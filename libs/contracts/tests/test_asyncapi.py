@@ -109,12 +109,12 @@ def test_an_event_type_added_without_regenerating_fails_the_check(
 def test_a_schema_version_raised_without_regenerating_fails_the_check(
     committed: dict[str, Any],
 ) -> None:
-    started_v2 = create_model("TaskStarted", __base__=TaskStarted, schema_version=(int, 2))
-    models = [started_v2 if model is TaskStarted else model for model in EVENT_MODELS]
+    started_v3 = create_model("TaskStarted", __base__=TaskStarted, schema_version=(int, 3))
+    models = [started_v3 if model is TaskStarted else model for model in EVENT_MODELS]
 
-    assert undocumented_event_types(committed, models) == ["TaskStarted v2"]
+    assert undocumented_event_types(committed, models) == ["TaskStarted v3"]
     regenerated = asyncapi_document(models)
-    assert regenerated["components"]["messages"]["TaskStarted"]["x-schema-version"] == 2
+    assert regenerated["components"]["messages"]["TaskStarted"]["x-schema-version"] == 3
 
 
 def test_the_document_is_valid_asyncapi_3(committed: dict[str, Any]) -> None:

@@ -20,7 +20,44 @@ def _one_of_each() -> list[Event]:
         events.TaskSubmitted(
             **common, data=events.TaskSubmittedData(task_type="agent_run", input_data={"x": [1]})
         ),
-        events.TaskStarted(**common, data=events.TaskStartedData(attempt=1, runner_id="r1")),
+        events.TaskStarted(
+            **common,
+            data=events.TaskStartedData(
+                attempt=1,
+                runner_id="r1",
+                first_step=events.StepIntent(
+                    step_index=0,
+                    calls=[
+                        events.ToolCallIntent(
+                            call_id="c0", tool="math.add", arguments={"a": 1, "b": 2}
+                        )
+                    ],
+                ),
+            ),
+        ),
+        events.StepStarted(
+            **common,
+            data=events.StepStartedData(
+                attempt=1,
+                step=events.StepIntent(
+                    step_index=1,
+                    calls=[events.ToolCallIntent(call_id="c1", tool="util.noop", arguments={})],
+                    message="and then nothing",
+                ),
+            ),
+        ),
+        events.StepCompleted(
+            **common,
+            data=events.StepCompletedData(
+                attempt=1,
+                step_index=1,
+                outcomes=[
+                    events.ToolCallOutcome(
+                        call_id="c1", tool="util.noop", ok=True, result=None, duration_ms=0.4
+                    )
+                ],
+            ),
+        ),
         events.ToolCallRequested(
             **common,
             data=events.ToolCallRequestedData(

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from opspawn_contracts.events import TaskStarted, decode_event
-from opspawn_contracts.upcasting import UpcastError, Upcasters
+from opspawn_contracts.upcasting import UPCASTERS, UpcastError, Upcasters
 
 TASK, CORRELATION = str(uuid4()), str(uuid4())
 
@@ -31,9 +31,9 @@ def _stored(version: int, data: dict[str, Any]) -> bytes:
 
 @pytest.fixture
 def registry() -> Upcasters:
-    """TaskStarted v0 (as a deliberately old producer wrote it) called the runner ``runner``
-    and counted attempts from 0."""
-    upcasters = Upcasters()
+    """The real registry, plus a TaskStarted v0 (as a deliberately old producer wrote it) that
+    called the runner ``runner`` and counted attempts from 0."""
+    upcasters = UPCASTERS.copy()
 
     @upcasters.register("TaskStarted", from_version=0)
     def _v0_to_v1(stored: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +49,14 @@ def test_a_deliberately_old_event_is_read_as_the_current_version(registry: Upcas
     event = decode_event(_stored(0, {"try": 0, "runner": "r-old"}), upcasters=registry)
 
     assert isinstance(event, TaskStarted)
-    assert (event.schema_version, event.data.attempt, event.data.runner_id) == (1, 1, "r-old")
+    assert (event.schema_version, event.data.attempt, event.data.runner_id) == (2, 1, "r-old")
+    assert event.data.first_step is None  # v1 -> v2: a v1 TaskStarted recorded no step
+
+
+def test_a_version_1_task_started_is_read_as_version_2() -> None:
+    event = decode_event(_stored(1, {"attempt": 3, "runner_id": "r"}))
+    assert isinstance(event, TaskStarted)
+    assert (event.schema_version, event.data.attempt, event.data.first_step) == (2, 3, None)
 
 
 def test_without_an_upcaster_an_old_version_is_refused_naming_the_version() -> None:
@@ -63,7 +70,7 @@ def test_a_version_newer_than_this_code_is_refused(registry: Upcasters) -> None:
 
 
 def test_current_events_pass_untouched(registry: Upcasters) -> None:
-    event = decode_event(_stored(1, {"attempt": 2, "runner_id": "r"}), upcasters=registry)
+    event = decode_event(_stored(2, {"attempt": 2, "runner_id": "r"}), upcasters=registry)
     assert isinstance(event, TaskStarted)
     assert event.data.attempt == 2
 

@@ -25,6 +25,7 @@ from agent_runner.execution import NO_PLAN_MESSAGE
 from agent_runner.settings import RunnerSettings
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
+    StepCompleted,
     TaskCancelled,
     TaskCancelledData,
     TaskSubmitted,
@@ -136,12 +137,14 @@ async def finished_history(
 
 
 def summary(history: list[StoredEvent]) -> list[tuple[str, dict[str, Any]]]:
-    """Event types and data, ``duration_ms`` left out (checked to be a duration)."""
+    """Event types and data as stored, each call's ``duration_ms`` left out (checked to be a
+    duration)."""
     rows: list[tuple[str, dict[str, Any]]] = []
     for stored in history:
-        data = stored.event.data.model_dump(mode="json")
-        if "duration_ms" in data:
-            assert data.pop("duration_ms") >= 0
+        data = stored.event.data.model_dump(mode="json", exclude_none=False)
+        data = {key: value for key, value in data.items() if value is not None}
+        for outcome in data.get("outcomes", []):
+            assert outcome.pop("duration_ms") >= 0
         rows.append((stored.event.event_type, data))
     return rows
 
@@ -155,45 +158,36 @@ def assert_one_chain(history: list[StoredEvent], submitted: TaskSubmitted) -> No
         assert event.correlation_id == submitted.correlation_id
 
 
-def started() -> tuple[str, dict[str, Any]]:
-    return ("TaskStarted", {"attempt": 1, "runner_id": RUNNER_ID})
+def _intent(step: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step_index": step,
+        "calls": [{"call_id": f"plan-{step}", "tool": tool, "arguments": arguments}],
+    }
 
 
-def requested(step: int, tool: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return (
-        "ToolCallRequested",
-        {
-            "attempt": 1,
-            "step_index": step,
-            "call_id": f"plan-{step}",
-            "tool": tool,
-            "arguments": arguments,
-        },
-    )
+def started(tool: str | None = None, arguments: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """TaskStarted of attempt 1, with the first step's intent when it has one."""
+    data: dict[str, Any] = {"attempt": 1, "runner_id": RUNNER_ID}
+    if tool is not None:
+        data["first_step"] = _intent(0, tool, arguments or {})
+    return ("TaskStarted", data)
 
 
-def completed(
+def step_started(step: int, tool: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return ("StepStarted", {"attempt": 1, "step": _intent(step, tool, arguments)})
+
+
+def step_completed(
     step: int, tool: str, *, result: Any = None, error: str | None = None
 ) -> tuple[str, dict[str, Any]]:
-    return (
-        "ToolCallCompleted",
-        {
-            "attempt": 1,
-            "step_index": step,
-            "call_id": f"plan-{step}",
-            "tool": tool,
-            "ok": error is None,
-            "result": result,
-            "error": error,
-        },
-    )
-
-
-def step_done(step: int) -> tuple[str, dict[str, Any]]:
-    return (
-        "AgentStepCompleted",
-        {"attempt": 1, "step_index": step, "tool_call_ids": [f"plan-{step}"], "message": None},
-    )
+    outcome = {
+        "call_id": f"plan-{step}",
+        "tool": tool,
+        "ok": error is None,
+        "result": result,
+        "error": error,
+    }
+    return ("StepCompleted", {"attempt": 1, "step_index": step, "outcomes": [outcome]})
 
 
 ADD: dict[str, JsonValue] = {"tool": "math.add", "args": {"a": 2, "b": 3}}
@@ -210,13 +204,10 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
     history = await finished_history(jetstream, subjects, task_id)
 
     assert summary(history)[1:] == [
-        started(),
-        requested(0, "math.add", {"a": 2, "b": 3}),
-        completed(0, "math.add", result=5),
-        step_done(0),
-        requested(1, "math.multiply", {"a": 5, "b": 4}),
-        completed(1, "math.multiply", result=20),
-        step_done(1),
+        started("math.add", {"a": 2, "b": 3}),
+        step_completed(0, "math.add", result=5),
+        step_started(1, "math.multiply", {"a": 5, "b": 4}),
+        step_completed(1, "math.multiply", result=20),
         (
             "TaskCompleted",
             {
@@ -256,9 +247,7 @@ async def test_a_work_item_knowing_where_the_history_ended_runs_once(
     assert [event_type for event_type, _ in summary(history)] == [
         "TaskSubmitted",
         "TaskStarted",
-        "ToolCallRequested",
-        "ToolCallCompleted",
-        "AgentStepCompleted",
+        "StepCompleted",
         "TaskCompleted",
     ]
     assert history[1].sequence > history[0].sequence
@@ -325,9 +314,8 @@ async def test_a_tool_nobody_provides_fails_the_task(
 
     tool = str(step["tool"])
     assert summary(history)[1:] == [
-        started(),
-        requested(0, tool, {"a": 2, "b": 8} if tool == "math.pow" else {}),
-        completed(0, tool, error=error),
+        started(tool, {"a": 2, "b": 8} if tool == "math.pow" else {}),
+        step_completed(0, tool, error=error),
         (
             "TaskFailed",
             {
@@ -349,12 +337,10 @@ async def test_divide_by_zero_fails_at_its_step_and_keeps_the_steps_before(
     history = await finished_history(jetstream, subjects, task_id)
 
     assert summary(history)[1:] == [
-        started(),
-        requested(0, "math.add", {"a": 2, "b": 3}),
-        completed(0, "math.add", result=5),
-        step_done(0),
-        requested(1, "math.divide", {"a": 1, "b": 0}),
-        completed(1, "math.divide", error="ZeroDivisionError: division by zero"),
+        started("math.add", {"a": 2, "b": 3}),
+        step_completed(0, "math.add", result=5),
+        step_started(1, "math.divide", {"a": 1, "b": 0}),
+        step_completed(1, "math.divide", error="ZeroDivisionError: division by zero"),
         (
             "TaskFailed",
             {
@@ -380,9 +366,8 @@ async def test_a_step_past_its_timeout_is_killed_and_fails_the_task(
     history = await finished_history(jetstream, subjects, task_id)
 
     assert summary(history)[1:] == [
-        started(),
-        requested(0, "util.sleep", {"seconds": 5}),
-        completed(0, "util.sleep", error="timed out after 0.3s"),
+        started("util.sleep", {"seconds": 5}),
+        step_completed(0, "util.sleep", error="timed out after 0.3s"),
         (
             "TaskFailed",
             {
@@ -392,8 +377,9 @@ async def test_a_step_past_its_timeout_is_killed_and_fails_the_task(
             },
         ),
     ]
-    duration = history[3].event.data.duration_ms  # type: ignore[union-attr]
-    assert 300 <= duration < 3000
+    step = history[2].event
+    assert isinstance(step, StepCompleted)
+    assert 300 <= step.data.outcomes[0].duration_ms < 3000
     assert_one_chain(history, submitted)
 
 

@@ -26,6 +26,8 @@ from agent_runner.event_chain import AttemptSuperseded, EventChain
 from agent_runner.settings import RunnerSettings
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
+    StepCompleted,
+    StepCompletedData,
     TaskCancelled,
     TaskCancelledData,
     TaskOptions,
@@ -33,8 +35,7 @@ from opspawn_contracts.events import (
     TaskStartedData,
     TaskSubmitted,
     TaskSubmittedData,
-    ToolCallCompleted,
-    ToolCallCompletedData,
+    ToolCallOutcome,
     utc_now,
 )
 from opspawn_contracts.streams import runner_work_consumer
@@ -43,7 +44,7 @@ from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
 from opspawn_readmodel.database import create_engine
-from opspawn_readmodel.projector import TaskProjector
+from opspawn_readmodel.projector import Delivered, TaskProjector
 
 pytestmark = pytest.mark.integration
 
@@ -188,18 +189,22 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
 
     async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
         await _history_with(
-            jetstream, subjects, assignment.task_id, lambda types: "ToolCallRequested" in types
+            jetstream, subjects, assignment.task_id, lambda types: types.count("TaskStarted") == 2
         )
-        late = ToolCallCompleted(
+        late = StepCompleted(
             **chain.envelope(),
-            data=ToolCallCompletedData(
+            data=StepCompletedData(
                 attempt=1,
                 step_index=0,
-                call_id="slow-call",
-                tool="util.sleep",
-                ok=True,
-                result="slept",
-                duration_ms=5000,
+                outcomes=[
+                    ToolCallOutcome(
+                        call_id="slow-call",
+                        tool="util.sleep",
+                        ok=True,
+                        result="slept",
+                        duration_ms=5000,
+                    )
+                ],
             ),
         )
         with pytest.raises(AttemptSuperseded, match="attempt 2 superseded attempt 1"):
@@ -215,17 +220,15 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
         ("TaskSubmitted", None),
         ("TaskStarted", 1),
         ("TaskStarted", 2),
-        ("ToolCallRequested", 2),
-        ("ToolCallCompleted", 1),
-        ("ToolCallCompleted", 2),
-        ("AgentStepCompleted", 2),
+        ("StepCompleted", 1),
+        ("StepCompleted", 2),
         ("TaskCompleted", 2),
     ]
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.begin() as connection:
             await TaskProjector("EVENTS").apply_batch(
-                connection, [(stored.sequence, stored.event) for stored in history]
+                connection, [Delivered(stored.sequence, stored.event) for stored in history]
             )
         async with engine.connect() as connection:
             flags = (
@@ -236,7 +239,7 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
             output = await connection.scalar(text("SELECT output_data FROM tasks"))
     finally:
         await engine.dispose()
-    assert [tuple(row) for row in flags if row[2]] == [("ToolCallCompleted", 1, True)]
+    assert [tuple(row) for row in flags if row[2]] == [("StepCompleted", 1, True)]
     assert output["steps"][0]["result"] != "slept"
 
 
@@ -247,7 +250,7 @@ async def test_a_cancel_stops_a_running_tool_call_at_once(
     log = EventLog(jetstream, subjects)
     async with running(_settings(nats_server, subjects, "runner-a")):
         history = await _history_with(
-            jetstream, subjects, assignment.task_id, lambda types: types[-1] == "ToolCallRequested"
+            jetstream, subjects, assignment.task_id, lambda types: types[-1] == "TaskStarted"
         )
         cancelled_at = time.monotonic()
         await log.append(

@@ -116,8 +116,8 @@ def outline(history: list[StoredEvent]) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = []
     for stored in history[1:]:
         data = stored.event.data.model_dump(mode="json", exclude={"attempt", "runner_id"})
-        if "duration_ms" in data:
-            assert data.pop("duration_ms") >= 0
+        for outcome in data.get("outcomes", []):
+            assert outcome.pop("duration_ms") >= 0
         rows.append((stored.event.event_type, data))
     return rows
 
@@ -166,53 +166,43 @@ async def test_a_goal_runs_a_local_and_an_mcp_tool_then_answers(
     history = await finished(jetstream, subjects, task_id)
 
     assert outline(history) == [
-        ("TaskStarted", {}),
         (
-            "ToolCallRequested",
+            "TaskStarted",
             {
-                "step_index": 0,
-                "call_id": "call_add",
-                "tool": "math.add",
-                "arguments": {"a": 2, "b": 3},
+                "first_step": {
+                    "step_index": 0,
+                    "calls": [
+                        {"call_id": "call_add", "tool": "math.add", "arguments": {"a": 2, "b": 3}},
+                        {
+                            "call_id": "call_echo",
+                            "tool": "toolbox.echo",
+                            "arguments": {"text": "hello"},
+                        },
+                    ],
+                    "message": "One local tool and one MCP tool.",
+                }
             },
         ),
         (
-            "ToolCallCompleted",
+            "StepCompleted",
             {
                 "step_index": 0,
-                "call_id": "call_add",
-                "tool": "math.add",
-                "ok": True,
-                "result": 5,
-                "error": None,
-            },
-        ),
-        (
-            "ToolCallRequested",
-            {
-                "step_index": 0,
-                "call_id": "call_echo",
-                "tool": "toolbox.echo",
-                "arguments": {"text": "hello"},
-            },
-        ),
-        (
-            "ToolCallCompleted",
-            {
-                "step_index": 0,
-                "call_id": "call_echo",
-                "tool": "toolbox.echo",
-                "ok": True,
-                "result": "hello",
-                "error": None,
-            },
-        ),
-        (
-            "AgentStepCompleted",
-            {
-                "step_index": 0,
-                "tool_call_ids": ["call_add", "call_echo"],
-                "message": "One local tool and one MCP tool.",
+                "outcomes": [
+                    {
+                        "call_id": "call_add",
+                        "tool": "math.add",
+                        "ok": True,
+                        "result": 5,
+                        "error": None,
+                    },
+                    {
+                        "call_id": "call_echo",
+                        "tool": "toolbox.echo",
+                        "ok": True,
+                        "result": "hello",
+                        "error": None,
+                    },
+                ],
             },
         ),
         (
@@ -261,16 +251,20 @@ async def test_the_task_allowlist_narrows_the_offer_and_refuses_other_calls(
         jetstream, subjects, await submit(jetstream, subjects, {"plan": plan}, options)
     )
     refusal = "tool 'toolbox.echo' is not in this task's allowed_tools (math.add)"
-    assert outline(history)[2:] == [
+    assert outline(history)[1:] == [
         (
-            "ToolCallCompleted",
+            "StepCompleted",
             {
                 "step_index": 0,
-                "call_id": "plan-0",
-                "tool": "toolbox.echo",
-                "ok": False,
-                "result": None,
-                "error": refusal,
+                "outcomes": [
+                    {
+                        "call_id": "plan-0",
+                        "tool": "toolbox.echo",
+                        "ok": False,
+                        "result": None,
+                        "error": refusal,
+                    }
+                ],
             },
         ),
         (

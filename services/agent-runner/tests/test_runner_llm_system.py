@@ -95,11 +95,7 @@ async def test_opspawn_up_runs_a_goal_with_the_configured_model(
     assert [stored.event.event_type for stored in history] == [
         "TaskSubmitted",
         "TaskStarted",
-        "ToolCallRequested",
-        "ToolCallCompleted",
-        "ToolCallRequested",
-        "ToolCallCompleted",
-        "AgentStepCompleted",
+        "StepCompleted",
         "TaskCompleted",
     ]
     completed = history[-1].event

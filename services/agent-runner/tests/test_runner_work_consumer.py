@@ -22,6 +22,7 @@ from agent_runner.app import running
 from agent_runner.settings import RunnerSettings
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
+    StepCompleted,
     TaskCompleted,
     TaskCompletedData,
     TaskStarted,
@@ -149,9 +150,7 @@ async def test_shutdown_lets_a_running_task_finish_within_the_grace_period(
     settings = _settings(nats_server, subjects, "runner-a", shutdown_grace_seconds=10)
     async with running(settings):
         task_id, _ = await _submit(jetstream, subjects, _sleep_plan(1))
-        await _history_with(
-            jetstream, subjects, task_id, lambda types: "ToolCallRequested" in types
-        )
+        await _history_with(jetstream, subjects, task_id, lambda types: "TaskStarted" in types)
     history = await EventLog(jetstream, subjects).task_history(task_id)
     assert history[-1].event.event_type == "TaskCompleted"
     assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
@@ -163,9 +162,7 @@ async def test_shutdown_releases_an_unfinished_task_to_another_runner(
     leaving = _settings(nats_server, subjects, "runner-a", shutdown_grace_seconds=0.2)
     async with running(leaving):
         task_id, _ = await _submit(jetstream, subjects, _sleep_plan(2))
-        await _history_with(
-            jetstream, subjects, task_id, lambda types: "ToolCallRequested" in types
-        )
+        await _history_with(jetstream, subjects, task_id, lambda types: "TaskStarted" in types)
         stopping_at = time.monotonic()
     assert time.monotonic() - stopping_at < 3
     async with running(_settings(nats_server, subjects, "runner-b")):
@@ -178,16 +175,15 @@ async def test_shutdown_releases_an_unfinished_task_to_another_runner(
     assert rows == [
         ("TaskSubmitted", None),
         ("TaskStarted", "runner-a"),
-        ("ToolCallRequested", None),
-        ("ToolCallCompleted", None),
+        ("StepCompleted", None),
         ("TaskStarted", "runner-b"),
-        ("ToolCallRequested", None),
-        ("ToolCallCompleted", None),
-        ("AgentStepCompleted", None),
+        ("StepCompleted", None),
         ("TaskCompleted", None),
     ]
-    interrupted = history[3].event.data
-    assert (interrupted.ok, interrupted.error) == (False, "cancelled")  # type: ignore[union-attr]
+    interrupted = history[2].event
+    assert isinstance(interrupted, StepCompleted)
+    [outcome] = interrupted.data.outcomes
+    assert (outcome.ok, outcome.error) == (False, "cancelled")
 
 
 async def test_a_redelivered_attempt_that_already_finished_is_acked_without_running(
@@ -235,9 +231,7 @@ async def test_a_runner_stops_writing_when_another_writer_appends_to_its_task(
     settings = _settings(nats_server, subjects, "runner-a")
     async with running(settings, consumer_config=_short_ack_wait(subjects)):
         task_id, assignment = await _submit(jetstream, subjects, _sleep_plan(1))
-        await _history_with(
-            jetstream, subjects, task_id, lambda types: "ToolCallRequested" in types
-        )
+        await _history_with(jetstream, subjects, task_id, lambda types: "TaskStarted" in types)
         intruder = TaskStarted(
             task_id=task_id,
             correlation_id=assignment.correlation_id,
@@ -250,13 +244,10 @@ async def test_a_runner_stops_writing_when_another_writer_appends_to_its_task(
     assert [stored.event.event_type for stored in history] == [
         "TaskSubmitted",
         "TaskStarted",
-        "ToolCallRequested",
         "TaskStarted",
         "TaskStarted",
-        "ToolCallRequested",
-        "ToolCallCompleted",
-        "AgentStepCompleted",
+        "StepCompleted",
         "TaskCompleted",
     ]
-    assert history[3].event == intruder
-    assert history[4].event.data.runner_id == "runner-a"  # type: ignore[union-attr]
+    assert history[2].event == intruder
+    assert history[3].event.data.runner_id == "runner-a"  # type: ignore[union-attr]

@@ -145,15 +145,27 @@ async def unreachable_database(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture
+async def unreachable_arrivals(unreachable_database: AsyncEngine) -> AsyncIterator[TaskArrivals]:
+    """Arrivals on the unreachable read model, closed after the test: its listener would
+    otherwise keep retrying the missing database for the rest of the session."""
+    arrivals = TaskArrivals(unreachable_database)
+    yield arrivals
+    await arrivals.close()
+
+
 @pytest.mark.integration
 async def test_an_unreachable_read_model_still_answers_with_the_pending_task(
-    jetstream: JetStreamContext, subjects: Subjects, unreachable_database: AsyncEngine
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    unreachable_database: AsyncEngine,
+    unreachable_arrivals: TaskArrivals,
 ) -> None:
     submitter = TaskSubmitter(
         jetstream,
         subjects,
         TaskReader(unreachable_database),
-        TaskArrivals(unreachable_database),
+        unreachable_arrivals,
         read_after_write_timeout=2,
     )
     submission = await submitter.submit(
@@ -173,13 +185,16 @@ async def test_an_unreachable_read_model_still_answers_with_the_pending_task(
 
 @pytest.mark.integration
 async def test_an_idempotent_submit_needs_the_read_model_and_stores_nothing_without_it(
-    jetstream: JetStreamContext, subjects: Subjects, unreachable_database: AsyncEngine
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    unreachable_database: AsyncEngine,
+    unreachable_arrivals: TaskArrivals,
 ) -> None:
     submitter = TaskSubmitter(
         jetstream,
         subjects,
         TaskReader(unreachable_database),
-        TaskArrivals(unreachable_database),
+        unreachable_arrivals,
         read_after_write_timeout=2,
     )
 

@@ -46,7 +46,12 @@ from opspawn_readmodel.checksums import (
 )
 from opspawn_readmodel.database import asyncpg_url, create_engine
 from opspawn_readmodel.migrate import migrate
-from opspawn_readmodel.projector import TaskProjector, refuses_content, validate_schema_name
+from opspawn_readmodel.projector import (
+    Delivered,
+    TaskProjector,
+    refuses_content,
+    validate_schema_name,
+)
 from opspawn_readmodel.tables import metadata, projection_checkpoints, task_events, tasks
 
 logger = logging.getLogger(__name__)
@@ -81,7 +86,7 @@ async def rebuild(
         position = await projector.checkpoint(connection)
     if up_to is not None and position >= up_to:
         return position
-    batch: list[tuple[int, Event | None]] = []
+    batch: list[Delivered] = []
     messages = read_stream(
         js, subjects.events_stream, subjects.all_events, start_sequence=position + 1
     )
@@ -90,7 +95,8 @@ async def rebuild(
             sequence = message.metadata.sequence.stream
             if up_to is not None and sequence > up_to:
                 break
-            batch.append((sequence, _decoded(subjects, sequence, message.subject, message.data)))
+            event = _decoded(subjects, sequence, message.subject, message.data)
+            batch.append(Delivered(sequence, event, message.data))
             if len(batch) >= batch_size:
                 position = await _commit(engine, projector, batch, progress)
                 batch = []
@@ -113,7 +119,7 @@ def _decoded(subjects: Subjects, sequence: int, subject: str, payload: bytes) ->
 async def _commit(
     engine: AsyncEngine,
     projector: TaskProjector,
-    batch: list[tuple[int, Event | None]],
+    batch: list[Delivered],
     progress: ProgressBar | None,
 ) -> int:
     """Project ``batch`` in one transaction; the position reached.
@@ -133,11 +139,11 @@ async def _commit(
             for item in batch:
                 position = await _commit(engine, projector, [item], progress)
             return position
-        sequence, _ = batch[0]
+        sequence = batch[0].sequence
         logger.warning(
             "event at sequence %d cannot be stored, stepping over it: %s", sequence, error.orig
         )
-        return await _commit(engine, projector, [(sequence, None)], progress)
+        return await _commit(engine, projector, [Delivered(sequence, None)], progress)
     if progress is not None:
         progress.update(progress.done + len(batch))
     return outcome.checkpoint

@@ -73,9 +73,9 @@ if TYPE_CHECKING:
     from agentkit.steps import AgentResult as AgentResult
     from agentkit.steps import StepFinished as StepFinished
     from agentkit.steps import StepRecord as StepRecord
+    from agentkit.steps import StepStarted as StepStarted
     from agentkit.steps import StopReason as StopReason
     from agentkit.steps import ToolCallFinished as ToolCallFinished
-    from agentkit.steps import ToolCallStarted as ToolCallStarted
     from agentkit.tools.builtin import BUILTIN_TOOLS as BUILTIN_TOOLS
     from agentkit.tools.builtin import builtin_registry as builtin_registry
     from agentkit.tools.local import LocalTools as LocalTools
@@ -122,9 +122,9 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "AgentResult",
         "StepFinished",
         "StepRecord",
+        "StepStarted",
         "StopReason",
         "ToolCallFinished",
-        "ToolCallStarted",
     ),
     "agentkit.planning.chat_completions": (
         "AssistantReply",

@@ -57,9 +57,9 @@ from agentkit.steps import (
     AgentResult,
     StepFinished,
     StepRecord,
+    StepStarted,
     StopReason,
     ToolCallFinished,
-    ToolCallStarted,
 )
 
 StepCallback = Callable[[StepRecord], Awaitable[None]]
@@ -236,32 +236,28 @@ class _Run:
         parts.memory.add(
             Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
         )
+        calls = tuple(decision.calls)
+        await self._emit(StepStarted(step_index=step_index, calls=calls, message=decision.message))
         self._current_step = []
-        for call in decision.calls:
-            failure = await self._run_call(step_index, call)
-            if failure is not None:
-                return failure
-        self._completed_steps.append(tuple(self._current_step))
-        self._current_step = []
+        outcomes: list[ToolCallFinished] = []
+        ended: AgentResult | None = None
+        for call in calls:
+            outcome, ended = await self._run_call(step_index, call)
+            outcomes.append(outcome)
+            if ended is not None:
+                break
         await self._emit(
-            StepFinished(
-                step_index=step_index,
-                tool_call_ids=tuple(call.call_id for call in decision.calls),
-                message=decision.message,
-            )
+            StepFinished(step_index=step_index, outcomes=tuple(outcomes), message=decision.message)
         )
-        return None
+        if ended is None:
+            self._completed_steps.append(tuple(self._current_step))
+        self._current_step = []
+        return ended
 
-    async def _run_call(self, step_index: int, call: ToolCall) -> AgentResult | None:
-        """Run one call and record it; the run's result if this call ends the run."""
-        await self._emit(
-            ToolCallStarted(
-                step_index=step_index,
-                call_id=call.call_id,
-                tool=call.tool,
-                arguments=call.arguments,
-            )
-        )
+    async def _run_call(
+        self, step_index: int, call: ToolCall
+    ) -> tuple[ToolCallFinished, AgentResult | None]:
+        """Run one call; its outcome, and the run's result if this call ends the run."""
         started = time.perf_counter()
         result: JsonValue = None
         error: str | None = None
@@ -290,25 +286,22 @@ class _Run:
                 tool_call_id=call.call_id,
             )
         )
-        await self._emit(
-            ToolCallFinished(
-                step_index=step_index,
-                call_id=call.call_id,
-                tool=call.tool,
-                ok=error is None,
-                result=result,
-                error=error,
-                duration_ms=duration_ms,
-            )
+        outcome = ToolCallFinished(
+            step_index=step_index,
+            call_id=call.call_id,
+            tool=call.tool,
+            ok=error is None,
+            result=result,
+            error=error,
+            duration_ms=duration_ms,
         )
         if interrupted is not None:
-            return self._interrupted(interrupted, step_index, call.tool)
+            return outcome, self._interrupted(interrupted, step_index, call.tool)
         if error is not None and self._parts.stop_on_tool_error:
-            return self._failure(
-                StopReason.TOOL_FAILED, f"step {step_index + 1} ({call.tool}) failed: {error}"
-            )
+            failed = f"step {step_index + 1} ({call.tool}) failed: {error}"
+            return outcome, self._failure(StopReason.TOOL_FAILED, failed)
         self._current_step.append(CallOutcome(call=call, result=result, error=error))
-        return None
+        return outcome, None
 
     async def _offered_tools(self) -> Sequence[ToolSpec]:
         listed = await self._parts.tools.list_tools()

@@ -1,9 +1,11 @@
 """What a run reports while it runs (step records) and when it ends (:class:`AgentResult`).
 
-Records are emitted in this order for each step ``i`` (0-based): for each call of the step a
-:class:`ToolCallStarted` then its :class:`ToolCallFinished`, then one :class:`StepFinished`. A step
-whose call failed and ends the run has no :class:`StepFinished`. Every started call gets a finished
-record, also when the run is cancelled or hits its deadline mid-call.
+Two records per step ``i`` (0-based), one at each boundary: :class:`StepStarted` with every call
+of the step and its arguments, before any of them runs (so a journal can hold the intent before
+the side effects), and :class:`StepFinished` with each call's outcome once they have run. A step
+that ends the run (a failed call, a cancel, the deadline, mid-call included) still gets its
+:class:`StepFinished`, with the outcomes of the calls that started; a call that did not start has
+none.
 """
 
 from __future__ import annotations
@@ -13,17 +15,13 @@ from enum import StrEnum
 
 from pydantic import JsonValue
 
-
-@dataclass(frozen=True, slots=True)
-class ToolCallStarted:
-    step_index: int
-    call_id: str
-    tool: str
-    arguments: dict[str, JsonValue]
+from agentkit.interfaces import ToolCall
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCallFinished:
+    """One call's outcome (``result`` when ``ok``, else ``error``) and how long it took."""
+
     step_index: int
     call_id: str
     tool: str
@@ -34,13 +32,28 @@ class ToolCallFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class StepFinished:
+class StepStarted:
+    """The planner decided step ``step_index``: these calls run next."""
+
     step_index: int
-    tool_call_ids: tuple[str, ...]
+    calls: tuple[ToolCall, ...]
     message: str | None = None
 
 
-StepRecord = ToolCallStarted | ToolCallFinished | StepFinished
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    """Step ``step_index``'s calls ran: their outcomes, in call order."""
+
+    step_index: int
+    outcomes: tuple[ToolCallFinished, ...]
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.ok for outcome in self.outcomes)
+
+
+StepRecord = StepStarted | StepFinished
 
 
 class StopReason(StrEnum):

@@ -18,9 +18,8 @@ from agentkit.steps import (
     AgentResult,
     StepFinished,
     StepRecord,
+    StepStarted,
     StopReason,
-    ToolCallFinished,
-    ToolCallStarted,
 )
 from agentkit.testing.scripted_chat_server import (
     ChatRequest,
@@ -61,12 +60,12 @@ class Records:
         outline: list[tuple[str, ...]] = []
         for record in self.records:
             match record:
-                case ToolCallStarted():
-                    outline.append(("started", record.call_id, record.tool))
-                case ToolCallFinished():
-                    outcome = json.dumps(record.result) if record.ok else f"error: {record.error}"
-                    outline.append(("finished", record.call_id, outcome))
+                case StepStarted():
+                    outline.extend(("started", call.call_id, call.tool) for call in record.calls)
                 case StepFinished():
+                    for call in record.outcomes:
+                        outcome = json.dumps(call.result) if call.ok else f"error: {call.error}"
+                        outline.append(("finished", call.call_id, outcome))
                     outline.append(("step", str(record.step_index), record.message or ""))
         return outline
 
@@ -123,8 +122,8 @@ async def test_the_model_calls_two_tools_at_once_then_answers_from_their_results
     )
     assert records.outline() == [
         ("started", "call_add", "math.add"),
-        ("finished", "call_add", "5"),
         ("started", "call_mul", "math.multiply"),
+        ("finished", "call_add", "5"),
         ("finished", "call_mul", "20"),
         ("step", "0", "I will compute both."),
     ]

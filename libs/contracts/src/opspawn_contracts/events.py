@@ -13,6 +13,14 @@ this event.
 Runner-produced events carry the ``attempt`` that produced them, a fencing token: the scheduler
 uses it to tell a superseded attempt's events from the current one's.
 
+A runner records a task's steps as its journal, one record per step boundary: the step's intent
+(every tool call with its arguments) before any call runs, and the calls' outcomes once they have
+run. The first step's intent rides in the attempt's ``TaskStarted`` (schema version 2), so the
+claim and the first intent are one durable write; later steps are ``StepStarted``; every step's
+outcomes are ``StepCompleted``. Streams written before version 2 hold one ``ToolCallRequested``
+and ``ToolCallCompleted`` per call and an ``AgentStepCompleted`` per step instead: those types are
+still read (and projected as they were), never written.
+
 ``schema_version`` is the version of the event type's stored shape: :func:`decode_event` upcasts
 older versions through :mod:`opspawn_contracts.upcasting` and refuses versions it cannot read.
 """
@@ -96,6 +104,34 @@ class TaskSubmittedData(_Data):
     options: TaskOptions = Field(default_factory=TaskOptions)
 
 
+class ToolCallIntent(_Data):
+    """A tool call the agent is about to make, recorded before it runs."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, JsonValue]
+
+
+class ToolCallOutcome(_Data):
+    """How one tool call ended: exactly one of ``result`` (``ok``) or ``error`` is meaningful."""
+
+    call_id: str
+    tool: str
+    ok: bool
+    result: JsonValue = None
+    error: str | None = None
+    duration_ms: float = Field(ge=0)
+
+
+class StepIntent(_Data):
+    """What step ``step_index`` of the agent loop is about to do."""
+
+    step_index: int = Field(ge=0)
+    calls: list[ToolCallIntent] = Field(min_length=1)
+    message: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """What the model said alongside its calls, if anything."""
+
+
 class TaskStartedData(_Data):
     attempt: int = Field(ge=1)
     runner_id: str
@@ -105,10 +141,29 @@ class TaskStartedData(_Data):
     """Set when a runner takes over a task whose work came back to the queue (its previous
     runner stopped heart-beating or gave it back): the attempt this one fences off. Left out of
     the stored event when unset."""
+    first_step: StepIntent | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attempt's first step, recorded with the claim (version 2); ``None`` when the run
+    ended before its first tool call, or in version 1 events."""
+
+
+class StepStartedData(_Data):
+    """A step after the attempt's first one is about to run its calls."""
+
+    attempt: int = Field(ge=1)
+    step: StepIntent
+
+
+class StepCompletedData(_Data):
+    """A step's calls have run (the last one possibly ending the run by failing)."""
+
+    attempt: int = Field(ge=1)
+    step_index: int = Field(ge=0)
+    outcomes: list[ToolCallOutcome]
 
 
 class AgentStepCompletedData(_Data):
-    """One turn of the agent loop finished; its tool calls are the calls of that turn."""
+    """One turn of the agent loop finished; its tool calls are the calls of that turn.
+    (Streams before TaskStarted v2; no longer written.)"""
 
     attempt: int = Field(ge=1)
     step_index: int = Field(ge=0)
@@ -117,6 +172,8 @@ class AgentStepCompletedData(_Data):
 
 
 class ToolCallRequestedData(_Data):
+    """(Streams before TaskStarted v2; no longer written.)"""
+
     attempt: int = Field(ge=1)
     step_index: int = Field(ge=0)
     call_id: str
@@ -124,17 +181,12 @@ class ToolCallRequestedData(_Data):
     arguments: dict[str, JsonValue]
 
 
-class ToolCallCompletedData(_Data):
-    """Outcome of one tool call: exactly one of ``result`` (``ok``) or ``error`` is meaningful."""
+class ToolCallCompletedData(ToolCallOutcome):
+    """Outcome of one tool call, recorded on its own (streams before TaskStarted v2; no longer
+    written)."""
 
     attempt: int = Field(ge=1)
     step_index: int = Field(ge=0)
-    call_id: str
-    tool: str
-    ok: bool
-    result: JsonValue = None
-    error: str | None = None
-    duration_ms: float = Field(ge=0)
 
 
 class TaskCompletedData(_Data):
@@ -193,7 +245,18 @@ class TaskSubmitted(_Envelope):
 
 class TaskStarted(_Envelope):
     event_type: Literal["TaskStarted"] = "TaskStarted"
+    schema_version: int = 2
     data: TaskStartedData
+
+
+class StepStarted(_Envelope):
+    event_type: Literal["StepStarted"] = "StepStarted"
+    data: StepStartedData
+
+
+class StepCompleted(_Envelope):
+    event_type: Literal["StepCompleted"] = "StepCompleted"
+    data: StepCompletedData
 
 
 class AgentStepCompleted(_Envelope):
@@ -244,6 +307,8 @@ class TaskTimedOut(_Envelope):
 Event = Annotated[
     TaskSubmitted
     | TaskStarted
+    | StepStarted
+    | StepCompleted
     | AgentStepCompleted
     | ToolCallRequested
     | ToolCallCompleted
@@ -268,6 +333,20 @@ CURRENT_SCHEMA_VERSIONS: dict[str, int] = {
     for member in typing.get_args(typing.get_args(Event)[0])
 }
 """The schema version each event type is written in today; older ones are upcast on read."""
+
+
+@UPCASTERS.register("TaskStarted", from_version=1)
+def _task_started_without_first_step(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added ``data.first_step``; a version 1 TaskStarted recorded no step."""
+    return {**stored, "schema_version": 2}
+
+
+def upcast_stored(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored event's JSON object brought to its type's current version (for readers that
+    serve stored events as they are, e.g. from the read model's ``task_events``)."""
+    if stored.get("schema_version", 1) == CURRENT_SCHEMA_VERSIONS.get(stored.get("event_type", "")):
+        return stored
+    return UPCASTERS.upcast(stored, CURRENT_SCHEMA_VERSIONS)
 
 
 def encode_event(event: Event) -> bytes:

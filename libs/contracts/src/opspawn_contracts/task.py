@@ -25,6 +25,8 @@ from opspawn_contracts.events import (
     DEFAULT_TENANT,
     AgentStepCompleted,
     Event,
+    StepCompleted,
+    StepStarted,
     TaskAttemptFailed,
     TaskCancelled,
     TaskCompleted,
@@ -79,6 +81,8 @@ class TaskView(BaseModel):
 _FENCED_EVENT_TYPES = frozenset(
     {
         "TaskStarted",
+        "StepStarted",
+        "StepCompleted",
         "AgentStepCompleted",
         "ToolCallRequested",
         "ToolCallCompleted",
@@ -147,7 +151,13 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                     "updated_at": event.occurred_at,
                 }
             )
-        case AgentStepCompleted() | ToolCallRequested() | ToolCallCompleted():
+        case (
+            StepStarted()
+            | StepCompleted()
+            | AgentStepCompleted()
+            | ToolCallRequested()
+            | ToolCallCompleted()
+        ):
             return state.model_copy(update={"updated_at": event.occurred_at})
         case TaskCompleted():
             return state.model_copy(

@@ -11,8 +11,9 @@ object one version up with ``schema_version`` set to ``n + 1``; replaying the sa
 give the same result every time. Upcasters are never removed while events of that version may
 exist in a stream.
 
-Every event type is at version 1 today, so :data:`UPCASTERS` starts empty. To change a type:
-bump its ``schema_version`` default in :mod:`opspawn_contracts.events` and register the step::
+The steps themselves are registered beside the event types, in :mod:`opspawn_contracts.events`
+(TaskStarted v1 → v2 is the first). To change a type: bump its ``schema_version`` default there
+and register the step::
 
     @UPCASTERS.register("TaskStarted", from_version=1)
     def _runner_id_to_runner(stored: dict[str, Any]) -> dict[str, Any]:
@@ -48,6 +49,12 @@ class Upcasters:
             return function
 
         return add
+
+    def copy(self) -> Upcasters:
+        """A registry with the same steps, to add to without touching this one."""
+        copied = Upcasters()
+        copied._steps = dict(self._steps)
+        return copied
 
     def unregister(self, event_type: str, *, from_version: int) -> None:
         self._steps.pop((event_type, from_version), None)

@@ -14,6 +14,11 @@ Contract of :meth:`TaskProjector.apply_batch` (the live projection and every rep
   sequence. Rows, index and checkpoint commit together or not at all.
 - An event whose id is already indexed (republished after the dedup window) is not indexed or
   folded again; an event for a task never submitted is indexed but changes no task.
+- ``task_events.payload`` is the event as stored in the stream, byte for byte as JSON (what the
+  projection received, not a re-encoding of what it decoded), and ``schema_version`` the version
+  it was stored in; readers bring an older version up to date
+  (:func:`~opspawn_contracts.events.upcast_stored`). So a stream replays into the same rows
+  whichever release replays it.
 
 Throughput: a batch costs three statements whatever its size: lock the checkpoint; load the
 touched tasks together with which of the batch's event ids are already indexed; then one statement
@@ -39,7 +44,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -74,6 +79,16 @@ _EVENT_COLUMNS = (
 
 Session: TypeAlias = AsyncConnection | asyncpg.Connection
 """Where a :class:`TaskProjector` writes: inside the caller's transaction on either kind."""
+
+
+class Delivered(NamedTuple):
+    """A message of the events stream, as the projector takes it."""
+
+    sequence: int
+    event: Event | None
+    """The decoded event; ``None`` for a message that is none (only the checkpoint passes it)."""
+    payload: bytes = b""
+    """The message as stored; empty: the event's own encoding stands in for it."""
 
 
 def refuses_content(error: Exception) -> bool:
@@ -179,7 +194,10 @@ class TaskProjector:
         updates = ", ".join(f"{c} = excluded.{c}" for c in upserted if c != "task_id")
         self._write_statement = (
             f"WITH new_events AS (INSERT INTO {self._events} ({', '.join(_EVENT_COLUMNS)}) "
-            f"SELECT * FROM unnest({event_arrays})), "
+            f"SELECT sequence, task_id, event_id, event_type, "
+            f"COALESCE((payload->>'schema_version')::integer, schema_version), occurred_at, "
+            f"payload, attempt, superseded FROM unnest({event_arrays}) "
+            f"AS stored({', '.join(_EVENT_COLUMNS)})), "
             f"changed_tasks AS (INSERT INTO {self._tasks} ({', '.join(upserted)}) "
             f"SELECT * FROM unnest({task_arrays}) "
             f"ON CONFLICT (task_id) DO UPDATE SET {updates}), "
@@ -197,35 +215,35 @@ class TaskProjector:
         )
         return int(rows[0]["last_sequence"]) if rows else 0
 
-    async def apply(self, session: Session, sequence: int, event: Event) -> bool:
+    async def apply(
+        self, session: Session, sequence: int, event: Event, payload: bytes = b""
+    ) -> bool:
         """Project one event; ``False`` (no change) if the checkpoint is already past it."""
-        return await self._one(session, sequence, event)
+        return await self._one(session, Delivered(sequence, event, payload))
 
     async def step_over(self, session: Session, sequence: int) -> bool:
         """Move the checkpoint past an event that cannot be projected; ``False`` if already past."""
-        return await self._one(session, sequence, None)
+        return await self._one(session, Delivered(sequence, None))
 
-    async def _one(self, session: Session, sequence: int, event: Event | None) -> bool:
+    async def _one(self, session: Session, delivered: Delivered) -> bool:
         before = await self._lock_checkpoint(session)
-        if sequence <= before:
+        if delivered.sequence <= before:
             return False
-        await self._apply_fresh(session, [(sequence, event)])
+        await self._apply_fresh(session, [delivered])
         return True
 
-    async def apply_batch(
-        self, session: Session, batch: Sequence[tuple[int, Event | None]]
-    ) -> BatchOutcome:
+    async def apply_batch(self, session: Session, batch: Sequence[Delivered]) -> BatchOutcome:
         """Project ``batch`` (sequence, event or ``None``) in ascending sequence order."""
         checkpoint = await self._lock_checkpoint(session)
-        fresh = [(sequence, event) for sequence, event in batch if sequence > checkpoint]
+        fresh = [delivered for delivered in batch if delivered.sequence > checkpoint]
         if not fresh:
             return BatchOutcome(0, 0, checkpoint)
         return await self._apply_fresh(session, fresh)
 
-    async def _apply_fresh(
-        self, session: Session, fresh: list[tuple[int, Event | None]]
-    ) -> BatchOutcome:
-        events = [(sequence, event) for sequence, event in fresh if event is not None]
+    async def _apply_fresh(self, session: Session, fresh: list[Delivered]) -> BatchOutcome:
+        events = [
+            (sequence, event, payload) for sequence, event, payload in fresh if event is not None
+        ]
         indexed, states = await self._load(session, events)
         changed: dict[UUID, int] = {}
         rows: dict[str, list[Any]] = {column: [] for column in _EVENT_COLUMNS}
@@ -234,7 +252,7 @@ class TaskProjector:
         )
         superseded_count = 0
         submitted: list[UUID] = []
-        for sequence, event in events:
+        for sequence, event, payload in events:
             if event.event_id in indexed:
                 logger.warning(
                     "event %s (sequence %d) is already in task_events; not applied again",
@@ -265,7 +283,7 @@ class TaskProjector:
             event_types.append(event.event_type)
             versions.append(event.schema_version)
             times.append(event.occurred_at)
-            payloads.append(event.model_dump_json())
+            payloads.append(payload.decode() if payload else event.model_dump_json())
             attempts.append(runner_attempt(event))
             flags.append(superseded)
         last = fresh[-1][0]
@@ -282,7 +300,7 @@ class TaskProjector:
         return BatchOutcome(len(rows["sequence"]), superseded_count, last)
 
     async def _load(
-        self, session: Session, events: list[tuple[int, Event]]
+        self, session: Session, events: list[tuple[int, Event, bytes]]
     ) -> tuple[set[UUID], dict[UUID, TaskView]]:
         """Which of ``events`` are already indexed, and the current state of the tasks they touch
         (one round trip)."""
@@ -291,8 +309,8 @@ class TaskProjector:
         records = await _fetch(
             session,
             self._load_statement,
-            [event.event_id for _, event in events],
-            list({event.task_id for _, event in events}),
+            [event.event_id for _, event, _ in events],
+            list({event.task_id for _, event, _ in events}),
         )
         indexed = {UUID(bytes=found.bytes) for found in records[0]["ids"]}
         states: dict[UUID, TaskView] = {}

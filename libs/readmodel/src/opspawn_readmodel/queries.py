@@ -18,6 +18,7 @@ from pydantic import JsonValue
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from opspawn_contracts.events import upcast_stored
 from opspawn_contracts.task import TaskStatus, TaskView
 from opspawn_readmodel.tables import projection_checkpoints, task_events, tasks
 
@@ -26,7 +27,8 @@ MAX_PAGE_SIZE = 500
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
-    """An event as indexed by the projection: its stream position and the stored envelope."""
+    """An event as indexed by the projection: its stream position and the stored envelope, in
+    its type's current schema version."""
 
     sequence: int
     event_id: UUID
@@ -84,7 +86,13 @@ class ReadModel:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [
-            EventRecord(row.sequence, row.event_id, row.event_type, row.occurred_at, row.payload)
+            EventRecord(
+                row.sequence,
+                row.event_id,
+                row.event_type,
+                row.occurred_at,
+                upcast_stored(row.payload),
+            )
             for row in rows
         ]
 

@@ -1,9 +1,10 @@
 """Executing one task assignment: the agent run, told as events.
 
-For an assignment the runner appends ``TaskStarted``, then for each agent step record the matching
-event (``ToolCallRequested``, ``ToolCallCompleted``, ``AgentStepCompleted``), then ``TaskCompleted``
-with the output or ``TaskFailed`` with the error and the partial output. All carry the attempt and
-form one causation chain, fenced by the attempt number (see :mod:`agent_runner.event_chain`).
+For an assignment the runner records its journal (:mod:`agent_runner.journal`): ``TaskStarted``
+with the first step's intent, ``StepStarted`` for each later step's intent, ``StepCompleted`` with
+each step's outcomes, then ``TaskCompleted`` with the output or ``TaskFailed`` with the error and
+the partial output. All carry the attempt and form one causation chain, fenced by the attempt
+number (see :mod:`agent_runner.event_chain`).
 
 Which attempt runs is decided from the task's history first (:mod:`agent_runner.attempts`): a
 redelivered item whose attempt had started is taken over as the next attempt; a finished task, a
@@ -15,8 +16,9 @@ repeat (a tool or the model failed) with attempts left (``options.max_attempts``
 ``TaskFailed``; the task's deadline passing is ``TaskTimedOut``. A run interrupted because the task
 was cancelled or timed out elsewhere writes nothing more; one interrupted by shutdown is given back.
 
-:meth:`TaskExecution.execute` answers what to do with the work message (a :class:`Disposition`);
-it acknowledges nothing itself, so the caller acks only after the terminal event is stored.
+:meth:`TaskExecution.execute` answers what to do with the work message (an outcome of
+:mod:`opspawn_messaging.settlement`); it acknowledges nothing itself, so the message is acked
+only after the terminal event is stored.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from functools import partial
 
 from nats.errors import Error as NatsError
 
 from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
+from agent_runner.journal import AttemptJournal, ClaimRefused
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
 from agent_runner.planner_selection import PlannerSelection
 from agent_runner.step_metrics import StepMetrics
@@ -38,36 +42,24 @@ from agentkit import (
     BoundedMemory,
     CallContext,
     SecurityManager,
-    StepFinished,
     StepRecord,
     StopReason,
     ToolAllowlist,
-    ToolCallFinished,
-    ToolCallStarted,
     ToolManager,
 )
 from opspawn_contracts.deadlines import timed_out
 from opspawn_contracts.events import (
-    AgentStepCompleted,
-    AgentStepCompletedData,
     TaskAttemptFailed,
     TaskAttemptFailedData,
     TaskCompleted,
     TaskCompletedData,
     TaskFailed,
     TaskFailedData,
-    TaskStarted,
-    TaskStartedData,
     TaskTimedOut,
-    ToolCallCompleted,
-    ToolCallCompletedData,
-    ToolCallRequested,
-    ToolCallRequestedData,
     utc_now,
 )
 from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import (
-    ConcurrencyConflict,
     EventLog,
     EventTooLarge,
     TaskHistory,
@@ -76,7 +68,6 @@ from opspawn_messaging.settlement import Done, Failed, Leave, Outcome, Release
 
 logger = logging.getLogger(__name__)
 
-CLAIM_TRIES = 5
 RETRYABLE = frozenset({StopReason.TOOL_FAILED, StopReason.LLM_FAILED})
 """Failures another attempt might not repeat; the rest (a bad plan, too many steps) would."""
 
@@ -119,31 +110,35 @@ class TaskExecution:
         """
         task = f"task {assignment.task_id}"
         try:
-            claimed = await self._claim(assignment, redelivered=redelivered)
-            if isinstance(claimed, NothingToRun):
-                logger.info("%s attempt %d: %s; acknowledging it", task, assignment.attempt,
-                            claimed.reason)  # fmt: skip
-                return Done()
-            if isinstance(claimed, StartedElsewhere):
-                logger.info("%s attempt %d: %s; leaving the work item to come back", task,
-                            assignment.attempt, claimed.reason)  # fmt: skip
-                return Leave()
-            chain, assignment = claimed
-            task = f"task {assignment.task_id} attempt {assignment.attempt}"
+            decided = await self._decide(assignment, redelivered=redelivered)
+            if isinstance(decided, NothingToRun | StartedElsewhere):
+                return self._not_running(task, assignment, decided)
+            journal = AttemptJournal(
+                self._log,
+                assignment,
+                decided,
+                runner_id=self._runner_id,
+                redelivered=redelivered,
+                history=lambda: self._log.task_history(assignment.task_id),
+                on_claimed=partial(_log_takeover, assignment),
+            )
+            task = f"task {assignment.task_id} attempt {decided.attempt}"
             try:
-                result = await self._run_agent(assignment, chain, release)
+                result = await self._run_agent(journal, release)
                 if result.stop_reason is StopReason.CANCELLED:
                     if await self._finished(assignment):
                         logger.info("%s: stopped, the task was cancelled or timed out", task)
                         return Done()
                     logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
                     return Release()
-                await chain.append(_terminal_event(chain, assignment, result))
+                await journal.append(partial(_terminal_event, result=result))
             except EventTooLarge as too_large:
                 # Another attempt would produce the same event: the task fails, saying why.
                 logger.error("%s: %s; failing the task", task, too_large)
-                await chain.append(_too_large(chain, assignment, too_large))
+                await journal.append(partial(_too_large, error=too_large))
                 return Done()
+        except ClaimRefused as refused:
+            return self._not_running(task, assignment, refused.decision)
         except AttemptSuperseded as superseded:
             if await self._finished(assignment):
                 logger.info("%s: the task finished elsewhere (%s)", task, superseded)
@@ -158,60 +153,28 @@ class TaskExecution:
         logger.info("%s: %s", task, "completed" if result.ok else f"failed: {result.error_message}")
         return Done()
 
-    async def _claim(
+    @staticmethod
+    def _not_running(
+        task: str, assignment: TaskAssignment, decision: NothingToRun | StartedElsewhere
+    ) -> Outcome:
+        if isinstance(decision, NothingToRun):
+            logger.info("%s attempt %d: %s; acknowledging it", task, assignment.attempt,
+                        decision.reason)  # fmt: skip
+            return Done()
+        logger.info("%s attempt %d: %s; leaving the work item to come back", task,
+                    assignment.attempt, decision.reason)  # fmt: skip
+        return Leave()
+
+    async def _decide(
         self, assignment: TaskAssignment, *, redelivered: bool
-    ) -> tuple[EventChain, TaskAssignment] | NothingToRun | StartedElsewhere:
-        """Decide the attempt and append its TaskStarted where the history ended.
-
-        A first delivery that knows where the history ended when it was queued starts there
-        without reading it: the append holds only if nothing happened to the task since, which is
-        exactly when :func:`claim` would run it as queued. Otherwise, or on a conflict, the
-        decision is made from fresh history.
-        """
+    ) -> Claim | NothingToRun | StartedElsewhere:
+        """Which attempt runs, if any. A first delivery that knows where the history ended when
+        it was queued claims that position without reading the history: the claim's append holds
+        only if nothing happened to the task since, which is exactly when :func:`claim` would
+        run it as queued (otherwise the journal decides again from fresh history)."""
         if not redelivered and assignment.after_sequence is not None:
-            started = await self._start(
-                assignment, Claim(assignment.attempt, None, assignment.after_sequence)
-            )
-            if started is not None:
-                return started
-        for _ in range(CLAIM_TRIES):
-            decision = claim(assignment, await self._history(assignment), redelivered=redelivered)
-            if isinstance(decision, NothingToRun | StartedElsewhere):
-                return decision
-            started = await self._start(assignment, decision)
-            if started is not None:
-                return started
-        raise AttemptSuperseded(f"the history kept moving ({CLAIM_TRIES} tries to start)")
-
-    async def _start(
-        self, assignment: TaskAssignment, decision: Claim
-    ) -> tuple[EventChain, TaskAssignment] | None:
-        """Append the claimed attempt's TaskStarted; ``None`` if the history moved meanwhile."""
-        claimed = assignment.model_copy(update={"attempt": decision.attempt})
-        chain = EventChain(self._log, claimed, after_sequence=decision.after_sequence)
-        started = TaskStarted(
-            **chain.envelope(),
-            data=TaskStartedData(
-                attempt=decision.attempt,
-                runner_id=self._runner_id,
-                supersedes_attempt=decision.supersedes,
-            ),
-        )
-        try:
-            sequence = await self._log.append(started, expected_version=decision.after_sequence)
-        except ConcurrencyConflict:
-            return None
-        except NatsError as error:
-            raise EventAppendFailed(f"{type(error).__name__}: {error}") from error
-        if decision.supersedes is not None:
-            logger.warning(
-                "task %s: taking over as attempt %d from attempt %d, whose runner stopped",
-                assignment.task_id,
-                decision.attempt,
-                decision.supersedes,
-            )
-        chain.appended(started, sequence)
-        return chain, claimed
+            return Claim(assignment.attempt, None, assignment.after_sequence)
+        return claim(assignment, await self._history(assignment), redelivered=redelivered)
 
     async def _history(self, assignment: TaskAssignment) -> TaskHistory:
         try:
@@ -223,9 +186,8 @@ class TaskExecution:
         state = (await self._history(assignment)).state()
         return state is not None and state.status.is_terminal
 
-    async def _run_agent(
-        self, assignment: TaskAssignment, chain: EventChain, release: asyncio.Event
-    ) -> AgentResult:
+    async def _run_agent(self, journal: AttemptJournal, release: asyncio.Event) -> AgentResult:
+        assignment = journal.assignment
         choice = self._planners.choose(assignment.input_data)
         if isinstance(choice, str):
             return AgentResult(
@@ -239,7 +201,7 @@ class TaskExecution:
 
         async def record(step: StepRecord) -> None:
             steps.observe(step)
-            await chain.append(_step_event(chain, assignment.attempt, step))
+            await journal.record(step)
 
         agent = Agent(
             choice.planner,
@@ -261,7 +223,7 @@ class TaskExecution:
                     allowed_tools=tuple(allowed) if allowed is not None else None,
                 ),
             )
-        except (AttemptSuperseded, EventAppendFailed, EventTooLarge):
+        except (AttemptSuperseded, ClaimRefused, EventAppendFailed, EventTooLarge):
             raise
         except Exception as error:
             # A bug in a planner or tool manager fails this task; the runner goes on with others.
@@ -276,49 +238,18 @@ class TaskExecution:
             steps.finish()
 
 
-def _step_event(
-    chain: EventChain, attempt: int, step: StepRecord
-) -> ToolCallRequested | ToolCallCompleted | AgentStepCompleted:
-    match step:
-        case ToolCallStarted():
-            return ToolCallRequested(
-                **chain.envelope(),
-                data=ToolCallRequestedData(
-                    attempt=attempt,
-                    step_index=step.step_index,
-                    call_id=step.call_id,
-                    tool=step.tool,
-                    arguments=step.arguments,
-                ),
-            )
-        case ToolCallFinished():
-            return ToolCallCompleted(
-                **chain.envelope(),
-                data=ToolCallCompletedData(
-                    attempt=attempt,
-                    step_index=step.step_index,
-                    call_id=step.call_id,
-                    tool=step.tool,
-                    ok=step.ok,
-                    result=step.result,
-                    error=step.error,
-                    duration_ms=step.duration_ms,
-                ),
-            )
-        case StepFinished():
-            return AgentStepCompleted(
-                **chain.envelope(),
-                data=AgentStepCompletedData(
-                    attempt=attempt,
-                    step_index=step.step_index,
-                    tool_call_ids=list(step.tool_call_ids),
-                    message=step.message,
-                ),
-            )
+def _log_takeover(assignment: TaskAssignment, decision: Claim) -> None:
+    if decision.supersedes is not None:
+        logger.warning(
+            "task %s: taking over as attempt %d from attempt %d, whose runner stopped",
+            assignment.task_id,
+            decision.attempt,
+            decision.supersedes,
+        )
 
 
 def _terminal_event(
-    chain: EventChain, assignment: TaskAssignment, result: AgentResult
+    assignment: TaskAssignment, chain: EventChain, result: AgentResult
 ) -> TaskCompleted | TaskFailed | TaskAttemptFailed | TaskTimedOut:
     if result.ok:
         return TaskCompleted(
@@ -350,7 +281,7 @@ def _terminal_event(
     )
 
 
-def _too_large(chain: EventChain, assignment: TaskAssignment, error: EventTooLarge) -> TaskFailed:
+def _too_large(assignment: TaskAssignment, chain: EventChain, error: EventTooLarge) -> TaskFailed:
     return TaskFailed(
         **chain.envelope(),
         data=TaskFailedData(

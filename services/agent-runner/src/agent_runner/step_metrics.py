@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from agentkit import StepFinished, StepRecord, ToolCallFinished, ToolCallStarted
+from agentkit import StepFinished, StepRecord, StepStarted
 from opspawn_observability.metrics import observe_step, observe_tool_call
 
 
@@ -20,18 +20,16 @@ class StepMetrics:
 
     def __init__(self) -> None:
         self._step_started = time.perf_counter()
-        self._step_ok = True
         self._in_step = False
 
     def observe(self, record: StepRecord) -> None:
         match record:
-            case ToolCallStarted():
+            case StepStarted():
                 self._in_step = True
-            case ToolCallFinished():
-                observe_tool_call(record.tool, record.ok, record.duration_ms / 1000)
-                self._step_ok = self._step_ok and record.ok
             case StepFinished():
-                self._end_step(ok=self._step_ok)
+                for outcome in record.outcomes:
+                    observe_tool_call(outcome.tool, outcome.ok, outcome.duration_ms / 1000)
+                self._end_step(ok=record.ok)
 
     def finish(self) -> None:
         """The run ended: a step still open did not finish."""
@@ -42,5 +40,4 @@ class StepMetrics:
         now = time.perf_counter()
         observe_step(ok, now - self._step_started)
         self._step_started = now
-        self._step_ok = True
         self._in_step = False

@@ -27,7 +27,7 @@ from gateway.pagination import (
     encode_cursor,
     page_size,
 )
-from opspawn_contracts.events import TaskOptions
+from opspawn_contracts.events import TaskOptions, upcast_stored
 from opspawn_contracts.task import TaskStatus, TaskView
 from opspawn_readmodel.tables import task_events, tasks
 
@@ -82,7 +82,8 @@ class TaskPage(BaseModel):
 
 
 class TaskEventView(BaseModel):
-    """A stored event: its envelope as written to the events stream, plus its stream sequence.
+    """A stored event: its envelope as written to the events stream, plus its stream sequence,
+    in its type's current schema version (one stored in an older version is upcast).
 
     Envelope fields added by later schema versions pass through (``extra="allow"``).
     """
@@ -101,7 +102,7 @@ class TaskEventView(BaseModel):
 
     @classmethod
     def from_payload(cls, sequence: int, payload: dict[str, Any]) -> TaskEventView:
-        return cls.model_validate({**payload, "sequence": sequence})
+        return cls.model_validate({**upcast_stored(payload), "sequence": sequence})
 
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:

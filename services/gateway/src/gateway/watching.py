@@ -13,8 +13,9 @@ A running task is followed in JetStream directly, with an ordered consumer on th
 starting at ``after + 1``: it delivers history and live events through one cursor, so nothing is
 missed or doubled at the seam, and an event reaches the client without waiting for the
 projection. A task that is already finished is answered from the read model, which then holds all
-of its events. Events are shown as the projection stores them (decoded and re-encoded), so the
-stream and ``GET /v1/tasks/{id}/events`` show the same documents.
+of its events. Events are shown in their type's current schema version, decoded (and upcast)
+here as ``GET /v1/tasks/{id}/events`` upcasts what the projection stored, so both show the same
+documents.
 """
 
 from __future__ import annotations

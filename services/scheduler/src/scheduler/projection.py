@@ -57,7 +57,7 @@ from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.event_log import read_event
 from opspawn_observability.metrics import count_projected, record_projection_progress
 from opspawn_readmodel.database import KEY_LOOKUP_SETTINGS, open_session
-from opspawn_readmodel.projector import TaskProjector, refuses_content
+from opspawn_readmodel.projector import Delivered, TaskProjector, refuses_content
 from scheduler.rejections import describe
 
 __all__ = ["Projection", "ProjectionStats", "TaskProjector"]
@@ -174,7 +174,7 @@ class Projection:
             ) from None
 
     async def _project(self, messages: list[Msg], stop: asyncio.Event) -> None:
-        batch: list[tuple[int, Event | None]] = []
+        batch: list[Delivered] = []
         for message in messages:
             sequence = message.metadata.sequence.stream
             try:
@@ -189,13 +189,13 @@ class Projection:
                 )
                 await self._dead_letter(message, reason)
                 event = None
-            batch.append((sequence, event))
+            batch.append(Delivered(sequence, event, message.data))
         if await self._store(batch, messages, stop):
             record_projection_progress(self._subjects.events_stream, messages[-1])
             await self._reach(batch[-1][0])
 
     async def _store(
-        self, batch: list[tuple[int, Event | None]], messages: list[Msg], stop: asyncio.Event
+        self, batch: list[Delivered], messages: list[Msg], stop: asyncio.Event
     ) -> bool:
         """Commit ``batch``; ``False`` if stopped before it committed."""
         delay = FIRST_RETRY_DELAY
@@ -208,7 +208,7 @@ class Projection:
                 if refuses_content(error):
                     if len(batch) > 1:
                         return await self._store_one_by_one(batch, messages, stop)
-                    sequence, event = batch[0]
+                    sequence, event, _ = batch[0]
                     if event is not None:
                         logger.error(
                             "event at sequence %d cannot be stored, stepping over it: %s",
@@ -218,7 +218,7 @@ class Projection:
                         await self._dead_letter(
                             messages[0], f"Postgres refused its content: {error}"
                         )
-                        batch = [(sequence, None)]
+                        batch = [Delivered(sequence, None)]
                         continue
                 failure: Exception = error
             except (
@@ -260,7 +260,7 @@ class Projection:
             session.terminate()
 
     async def _store_one_by_one(
-        self, batch: list[tuple[int, Event | None]], messages: list[Msg], stop: asyncio.Event
+        self, batch: list[Delivered], messages: list[Msg], stop: asyncio.Event
     ) -> bool:
         for item, message in zip(batch, messages, strict=True):
             if not await self._store([item], [message], stop):
@@ -268,12 +268,12 @@ class Projection:
             await self._reach(item[0])
         return True
 
-    def _count(self, batch: list[tuple[int, Event | None]], applied: int, superseded: int) -> None:
-        count_projected(event for _, event in batch)
+    def _count(self, batch: list[Delivered], applied: int, superseded: int) -> None:
+        count_projected(delivered.event for delivered in batch)
         stats = self.stats
         stats.events_applied += applied
         stats.events_superseded += superseded
-        stats.events_stepped_over += sum(1 for _, event in batch if event is None)
+        stats.events_stepped_over += sum(1 for delivered in batch if delivered.event is None)
         stats.batches += 1
         stats.last_batch_size = len(batch)
         stats.last_commit_at = time.time()
