@@ -56,6 +56,9 @@ async def traced_system(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds: export promptly, the test waits for it
         "OPSPAWN_LOG_FORMAT": "json",
+        # A task's own lifecycle line is the runner's; the per-message lines of the gateway and
+        # the scheduler are DEBUG. Every line about the task must name its trace, so see them all.
+        "OPSPAWN_LOG_LEVEL": "DEBUG",
     }
     async with LocalSystem(settings, service_env=environment) as running:
         yield running

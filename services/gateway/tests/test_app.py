@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -82,6 +83,22 @@ async def test_a_port_in_use_stops_start_up_naming_the_setting(
         with pytest.raises(StartupError, match="OPSPAWN_GRPC_PORT"):
             async with Gateway(grpc_taken):
                 pass
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["default-off", "on"])
+async def test_a_line_per_request_only_with_the_access_log_on(
+    gateway_settings: GatewaySettings, caplog: pytest.LogCaptureFixture, access_log: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    settings = gateway_settings
+    if access_log:
+        settings = settings.model_copy(update={"http_access_log": True})
+    async with Gateway(settings) as gateway, httpx.AsyncClient() as http:
+        for _ in range(3):
+            response = await http.get(f"http://127.0.0.1:{gateway.http_port}/healthz")
+            assert response.status_code == 200
+    lines = [record for record in caplog.records if record.name == "uvicorn.access"]
+    assert len(lines) == (3 if access_log else 0)
 
 
 async def test_an_unreachable_nats_stops_start_up_naming_the_setting(

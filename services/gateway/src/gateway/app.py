@@ -196,6 +196,7 @@ class Gateway:
         http_server = HttpServer(
             create_app(services, max_body_bytes=settings.max_body_bytes),
             shutdown_grace=settings.shutdown_grace_seconds,
+            access_log=settings.http_access_log,
         )
         try:
             self.http_port = await http_server.start(settings.http_host, settings.http_port)

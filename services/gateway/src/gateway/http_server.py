@@ -27,10 +27,11 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: Litestar, *, shutdown_grace: float) -> None:
+    def __init__(self, app: Litestar, *, shutdown_grace: float, access_log: bool = False) -> None:
         config = uvicorn.Config(
             app,
             log_config=None,
+            access_log=access_log,
             lifespan="on",
             timeout_graceful_shutdown=max(1, round(shutdown_grace)),
         )

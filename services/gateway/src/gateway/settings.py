@@ -26,6 +26,9 @@ class GatewaySettings(ServiceSettings):
     """How long a submit waits for the commands stream's PubAck before answering 503."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight HTTP and gRPC calls may take to finish."""
+    http_access_log: bool = False
+    """Log a line per HTTP request (uvicorn's access log). Off by default: at load it costs more
+    CPU than the request's own work, and the traces and ``/metrics`` already count requests."""
     dev_disable_auth: bool = False
     """Development only: serve without API keys, every caller acting as tenant ``default``.
     The gateway logs a warning at start when this is on; ``opspawn up`` sets it and says so."""

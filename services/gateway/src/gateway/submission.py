@@ -317,7 +317,7 @@ class TaskSubmitter:
                 "the task could not be submitted: the message bus did not acknowledge it "
                 f"({type(error).__name__}); nothing was stored, retry shortly"
             ) from error
-        logger.info(
+        logger.debug(
             "%s task %s (%s) for tenant %s, command %s",
             "resubmitted" if ack.duplicate else "submitted",
             command.task_id,

@@ -223,7 +223,7 @@ class CommandDispatcher:
                 return
             submitted, sequence = stored, None
         else:
-            logger.info("task %s submitted (%s)", command.task_id, command.task_type)
+            logger.debug("task %s submitted (%s)", command.task_id, command.task_type)
         await queue(
             self._js,
             self._subjects,

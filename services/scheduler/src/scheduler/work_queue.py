@@ -64,7 +64,7 @@ async def queue(js: JetStreamContext, subjects: Subjects, assignment: TaskAssign
         stream=subjects.work_stream,
         headers=headers,
     )
-    logger.info(
+    logger.debug(
         "task %s attempt %d %s",
         assignment.task_id,
         assignment.attempt,
