@@ -3,8 +3,9 @@
 Contract:
 
 - Events are applied in stream order, in batches: whatever the ordered consumer has delivered
-  (up to ``batch_size``) goes into one transaction with :meth:`TaskProjector.apply_batch`, which
-  writes the rows and moves the checkpoint together. Under load batches fill up by themselves
+  (up to ``batch_size``) goes to :meth:`TaskProjector.apply_batch`, whose one writing statement
+  stores the rows and moves the checkpoint together: two round trips a batch, no transaction
+  around them. Under load batches fill up by themselves
   (events arrive while the previous batch commits); when idle each event commits on its own at
   once, so batching adds no latency.
 - The tasks a batch submits are announced when it commits
@@ -23,8 +24,8 @@ The checkpoint lives in Postgres beside the rows it describes, so NATS keeps no 
 projection: each start opens an ordered consumer at checkpoint + 1.
 
 The projection writes through a connection of its own, a bare asyncpg one outside the engine's
-pool (:func:`~opspawn_readmodel.database.open_session`): at low load every event is a transaction
-of its own, and SQLAlchemy's connection and transaction handling would cost more CPU than the
+pool (:func:`~opspawn_readmodel.database.open_session`): at low load every event is a batch of
+its own, and SQLAlchemy's connection and transaction handling would cost more CPU than the
 write. A failure other than refused content drops that connection; the retry opens a new one.
 It keeps synchronous commit: the projection follows the stream from its position in memory, so
 a commit PostgreSQL forgot after a crash would leave a gap it never fills.
@@ -202,8 +203,7 @@ class Projection:
         while True:
             try:
                 session = await self._open()
-                async with session.transaction():
-                    outcome = await self.projector.apply_batch(session, batch)
+                outcome = await self.projector.apply_batch(session, batch)
             except asyncpg.PostgresError as error:
                 if refuses_content(error):
                     if len(batch) > 1:
