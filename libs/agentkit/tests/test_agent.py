@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.interfaces import SecurityManager, ToolCall
+from agentkit.interfaces import (
+    CallContext,
+    Decision,
+    FinalAnswer,
+    RunState,
+    SecurityManager,
+    ToolCall,
+    ToolCalls,
+    ToolSpec,
+)
 from agentkit.memory import BoundedMemory
 from agentkit.planning.plan import PlanPlanner
 from agentkit.security import AllowAllTools, ToolAllowlist
@@ -292,3 +302,45 @@ async def test_a_failing_step_callback_ends_the_run_with_its_exception() -> None
 
     with pytest.raises(ConnectionError, match="event store gone"):
         await _agent().run(_plan(ADD), on_step=broken)
+
+
+class CountingTools:
+    """The built-in tools, counting how often they are listed."""
+
+    def __init__(self) -> None:
+        self.listings = 0
+
+    async def list_tools(self) -> Sequence[ToolSpec]:
+        self.listings += 1
+        return await TOOLS.list_tools()
+
+    async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
+        return await TOOLS.call(call, context)
+
+
+class OneAddThenDone:
+    """A planner that reads the offered tools, as a language model's does."""
+
+    def __init__(self) -> None:
+        self.offered: list[str] = []
+
+    async def decide(self, state: RunState) -> Decision:
+        self.offered = [tool.name for tool in state.tools]
+        if state.completed_steps:
+            return FinalAnswer(result="done")
+        return ToolCalls(
+            calls=(ToolCall(call_id="c0", tool="math.add", arguments={"a": 1, "b": 2}),)
+        )
+
+
+async def test_a_plan_run_lists_no_tools_and_a_planner_that_offers_them_does() -> None:
+    tools = CountingTools()
+    plan_agent = Agent(PlanPlanner(), tools, AllowAllTools(), BoundedMemory())
+    assert (await plan_agent.run(_plan(ADD))).ok
+    assert tools.listings == 0
+
+    planner = OneAddThenDone()
+    offering_agent = Agent(planner, tools, AllowAllTools(), BoundedMemory())
+    assert (await offering_agent.run({"goal": "add"})).ok
+    assert tools.listings == 1
+    assert "math.add" in planner.offered

@@ -193,7 +193,11 @@ class _Run:
     async def execute(self) -> AgentResult:
         self._parts.memory.add(Message(role="user", content=task_message(self._input)))
         try:
-            tools = await self._interruptible(self._offered_tools)
+            if getattr(self._parts.planner, "offers_tools", True):
+                tools = await self._interruptible(self._offered_tools)
+            else:
+                self._check_stops()
+                tools = ()
         except _Interrupted as interrupted:
             return self._interrupted(interrupted.reason, 0, None)
         while True:

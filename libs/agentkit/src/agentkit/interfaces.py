@@ -132,6 +132,9 @@ class Planner(Protocol):
         Raises :class:`~agentkit.errors.PlanError` when the input cannot be planned; the run then
         fails with that message. A planner keeps no per-run state of its own (everything it needs
         is in ``state``), so one instance can serve concurrent runs.
+
+        A planner that never looks at ``state.tools`` says so with a class attribute
+        ``offers_tools = False``; the agent then lists no tools for its runs.
         """
         ...
 

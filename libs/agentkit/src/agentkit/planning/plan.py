@@ -11,6 +11,8 @@ Steps run in order, one tool call each; the run's result is the last step's resu
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import JsonValue, ValidationError
 
 from agentkit.errors import PlanError, describe_validation_error
@@ -39,6 +41,9 @@ def parse_plan(input_data: dict[str, JsonValue]) -> list[PlanStep]:
 
 class PlanPlanner:
     """Carries out ``input_data["plan"]`` step by step; deterministic, and stateless per run."""
+
+    offers_tools: ClassVar[bool] = False
+    """A plan names its tools itself: a run needs no listing of the tools to offer."""
 
     async def decide(self, state: RunState) -> Decision:
         plan = parse_plan(state.input_data)
