@@ -92,11 +92,6 @@ class PullLoop:
         self._on_overdue = on_overdue
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    @property
-    def in_flight(self) -> int:
-        """Messages being handled now."""
-        return len(self._in_flight)
-
     async def start(self) -> JetStreamContext.PullSubscription:
         """Create or bind the durable consumer (once); the consumer is ready after this."""
         if self._subscription is None:

@@ -143,10 +143,6 @@ class Settlement:
         self._dead_letters = dead_letters
         self._log = log
 
-    @property
-    def rule(self) -> GiveUpRule:
-        return self._rule
-
     async def settle(self, message: Msg, outcome: Outcome) -> None:
         match outcome:
             case Done():
