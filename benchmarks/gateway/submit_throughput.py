@@ -11,12 +11,9 @@ time per request is printed too.
 Variants (a fresh gateway process each):
 
 * ``healthz``: ``GET /healthz``, the HTTP stack alone: the baseline the ratios are against;
-* ``submit``: ``POST /v1/tasks`` with an API key, answering once the read model shows the task
-  (read-after-write, the default contract);
-* ``submit-no-wait``: the same with ``OPSPAWN_READ_AFTER_WRITE_TIMEOUT_SECONDS=0``: 202 as soon
-  as the command is stored in JetStream;
-* ``submit-idempotent``: ``submit`` with a fresh ``Idempotency-Key`` per request (one read-model
-  lookup more).
+* ``submit``: ``POST /v1/tasks`` with an API key, answered once the scheduler has stored the
+  task's TaskSubmitted;
+* ``submit-idempotent``: ``submit`` with a fresh ``Idempotency-Key`` per request.
 
 ::
 
@@ -49,7 +46,7 @@ BODY = {
     "task_type": "agent_run",
     "input_data": {"goal": "benchmark", "plan": [{"tool": "math.add", "args": {"a": 1, "b": 2}}]},
 }
-VARIANTS = ("healthz", "submit", "submit-no-wait", "submit-idempotent")
+VARIANTS = ("healthz", "submit", "submit-idempotent")
 
 
 @dataclass(frozen=True)
@@ -220,8 +217,6 @@ async def run_variant(
 ) -> Figures:
     port = free_port()
     extra = {"OPSPAWN_HTTP_PORT": str(port), "OPSPAWN_GRPC_PORT": str(free_port())}
-    if variant == "submit-no-wait":
-        extra["OPSPAWN_READ_AFTER_WRITE_TIMEOUT_SECONDS"] = "0"
     env = service_env(infra, **extra)
     base_url = f"http://127.0.0.1:{port}"
     async with service("gateway", env, workdir / f"gateway-{variant}.log") as process:

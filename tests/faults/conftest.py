@@ -60,6 +60,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.stream_reading import read_stream
+from opspawn_messaging.streams import unsettled_messages
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
 from tests.conftest import SystemSettings
@@ -471,11 +472,13 @@ class FaultRun:
             for task_id in ids
             if task_id not in audit.terminal
         }
-        work = await self.js.stream_info(self.subjects.work_stream)
+        work = await unsettled_messages(
+            self.js, self.subjects.work_stream, self.subjects.runner_work_consumer
+        )
         pytest.fail(
             f"{self.name}: {done} of {len(ids)} tasks terminal in the read model "
             f"{TERMINAL_BOUND_SECONDS:.0f} s after the fault; {len(open_tasks)} have no terminal "
-            f"event in the stream, and {work.state.messages} work items are queued. Open tasks "
+            f"event in the stream, and {work} work items are not acknowledged. Open tasks "
             f"and their events: {dict(list(open_tasks.items())[:10])}"
         )
 

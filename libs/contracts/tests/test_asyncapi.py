@@ -197,6 +197,7 @@ SUBJECTS_LEFT_OUT = {
     "mcp_call_tool_any": "a wildcard over the tool-call channel",
     "task_id_of": "parses a subject",
     "scheduler_commands_consumer": "a durable consumer name",
+    "scheduler_queue_group": "a queue group name, not a subject",
     "scheduler_decisions_consumer": "a durable consumer name",
     "runner_work_consumer": "a durable consumer name",
     "mcp_proxy_queue_group": "a queue group name",
@@ -218,6 +219,7 @@ SUBJECT_CHANNELS: dict[str, Callable[[Subjects], list[str]]] = {
     "mcp_call_tool": lambda subjects: [subjects.mcp_call_tool(placeholder("server"))],
     "mcp_status": lambda subjects: [subjects.mcp_status],
     "scheduler_status": lambda subjects: [subjects.scheduler_status],
+    "submit_requests": lambda subjects: [subjects.submit_requests],
 }
 """Members of :class:`Subjects` that name channels, and the subjects they name."""
 

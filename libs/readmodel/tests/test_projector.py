@@ -67,7 +67,7 @@ def _stream() -> list[Delivered]:
 async def _project(engine: AsyncEngine, stream: list[Delivered], seed: int) -> None:
     """One projector: the stream in random-sized batches, from a session of its own."""
     chooser = random.Random(seed)
-    projector = TaskProjector("EVENTS", announce=True)
+    projector = TaskProjector("EVENTS")
     session = await open_session(engine)
     try:
         start = 0

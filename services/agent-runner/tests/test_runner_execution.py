@@ -35,6 +35,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
+from opspawn_messaging.streams import unsettled_messages
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,7 @@ async def finished_history(
     history: list[StoredEvent] = await _eventually(terminal, f"task {task_id} to finish")
 
     async def acked() -> bool:
-        return (await js.stream_info(subjects.work_stream)).state.messages == 0
+        return await _unsettled_work(js, subjects) == 0
 
     await _eventually(acked, "the work message to be acknowledged")
     return history
@@ -279,7 +280,7 @@ async def test_a_work_item_for_a_task_cancelled_since_it_was_queued_does_not_run
     async def acked() -> bool:
         if service.done():
             service.result()
-        return (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
+        return await _unsettled_work(jetstream, subjects) == 0
 
     await _eventually(acked, "the work message to be acknowledged")
     stop.set()
@@ -426,3 +427,7 @@ async def test_an_invalid_work_message_is_terminated_and_the_runner_goes_on(
     assert "correlation_id: Field required" in reasons[1]
     info = await jetstream.consumer_info(subjects.work_stream, subjects.runner_work_consumer)
     assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+
+
+async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
+    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)

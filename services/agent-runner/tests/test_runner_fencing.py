@@ -43,6 +43,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
+from opspawn_messaging.streams import unsettled_messages
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.projector import Delivered, TaskProjector
 
@@ -124,9 +125,9 @@ def _finished(types: list[str]) -> bool:
 
 async def _work_acked(js: JetStreamContext, subjects: Subjects, timeout: float = 15) -> None:
     async def empty() -> bool:
-        return (await js.stream_info(subjects.work_stream)).state.messages == 0
+        return await _unsettled_work(js, subjects) == 0
 
-    await _eventually(empty, "the work queue to be empty", timeout)
+    await _eventually(empty, "every work item to be acknowledged", timeout)
 
 
 def _sleep(seconds: float) -> list[JsonValue]:
@@ -322,11 +323,11 @@ async def test_a_copy_of_a_running_attempt_runs_nothing_and_is_finished_with_whe
         history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
 
         async def original_acked() -> bool:
-            return (await jetstream.stream_info(subjects.work_stream)).state.messages <= 1
+            return await _unsettled_work(jetstream, subjects) <= 1
 
         await _eventually(original_acked, "the original work item to be acked", 3)
         await asyncio.sleep(0.5)
-        left = (await jetstream.stream_info(subjects.work_stream)).state.messages
+        left = await _unsettled_work(jetstream, subjects)
         await _work_acked(jetstream, subjects)
 
     assert left == 1, "the copy was acknowledged at its first delivery"
@@ -362,3 +363,7 @@ async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over
         ("runner-a", 2, 1),
     ]
     assert history[-1].event.event_type == "TaskCompleted"
+
+
+async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
+    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)

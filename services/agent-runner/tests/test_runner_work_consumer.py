@@ -35,6 +35,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
+from opspawn_messaging.streams import unsettled_messages
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +105,9 @@ def _finished(types: list[str]) -> bool:
 
 async def _work_acked(js: JetStreamContext, subjects: Subjects) -> None:
     async def empty() -> bool:
-        return (await js.stream_info(subjects.work_stream)).state.messages == 0
+        return await _unsettled_work(js, subjects) == 0
 
-    await _eventually(empty, "the work queue to be empty")
+    await _eventually(empty, "every work item to be acknowledged")
 
 
 def _sleep_plan(seconds: float) -> list[JsonValue]:
@@ -153,7 +154,7 @@ async def test_shutdown_lets_a_running_task_finish_within_the_grace_period(
         await _history_with(jetstream, subjects, task_id, lambda types: "TaskStarted" in types)
     history = await EventLog(jetstream, subjects).task_history(task_id)
     assert history[-1].event.event_type == "TaskCompleted"
-    assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
+    assert await _unsettled_work(jetstream, subjects) == 0
 
 
 async def test_shutdown_releases_an_unfinished_task_to_another_runner(
@@ -251,3 +252,7 @@ async def test_a_runner_stops_writing_when_another_writer_appends_to_its_task(
     ]
     assert history[2].event == intruder
     assert history[3].event.data.runner_id == "runner-a"  # type: ignore[union-attr]
+
+
+async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
+    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import grpc
 import httpx
+import nats
 import pytest
 
 from gateway.app import Gateway, StartupError, run
 from gateway.settings import GatewaySettings
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
+from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, free_port
-from services.gateway.tests.conftest import bearer_auth
+from opspawn_readmodel.database import create_engine
+from services.gateway.tests.conftest import SchedulerStandIn, bearer_auth
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +176,22 @@ async def test_the_process_refuses_to_start_without_a_database_url(
     assert "OPSPAWN_DATABASE_URL" in stderr.decode()
 
 
+@contextlib.asynccontextmanager
+async def _accepting_scheduler(
+    server: EmbeddedNats, subjects: Subjects, database_url: str
+) -> AsyncIterator[SchedulerStandIn]:
+    client = await nats.connect(server.url, connect_timeout=5)
+    engine = create_engine(database_url, pool_size=1)
+    stand_in = SchedulerStandIn(client, client.jetstream(), subjects, engine)
+    await stand_in.listen(accept_all=True)
+    try:
+        yield stand_in
+    finally:
+        await stand_in.close()
+        await engine.dispose()
+        await client.drain()
+
+
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own, so stopping it disturbs no other test."""
@@ -182,13 +202,16 @@ def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 async def test_nats_outage_is_503_and_unavailable_and_recovers(
-    private_nats: EmbeddedNats, gateway_settings: GatewaySettings, api_key: str
+    private_nats: EmbeddedNats,
+    gateway_settings: GatewaySettings,
+    api_key: str,
+    subjects: Subjects,
+    database_url: str,
 ) -> None:
     settings = gateway_settings.model_copy(
         update={
             "nats_url": private_nats.url,
             "publish_timeout_seconds": 0.5,
-            "read_after_write_timeout_seconds": 0.1,
         }
     )
     body = {"task_type": "agent_run", "input_data": {}}
@@ -212,9 +235,12 @@ async def test_nats_outage_is_503_and_unavailable_and_recovers(
         not_ready_meanwhile = await http.get("/readyz")
 
         await asyncio.to_thread(private_nats.start)
-        deadline = time.monotonic() + 15
-        while (accepted := await http.post("/v1/tasks", json=body)).status_code == 503:
-            assert time.monotonic() < deadline, "submissions did not recover after NATS returned"
+        async with _accepting_scheduler(private_nats, subjects, database_url):
+            deadline = time.monotonic() + 15
+            while (accepted := await http.post("/v1/tasks", json=body)).status_code == 503:
+                assert time.monotonic() < deadline, (
+                    "submissions did not recover after NATS returned"
+                )
 
     assert refused.status_code == 503
     assert refused.headers["content-type"].startswith("application/problem+json")

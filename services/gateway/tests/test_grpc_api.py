@@ -66,7 +66,7 @@ async def test_create_publishes_the_command_and_returns_the_task(
 
     assert UUID(task.task_id) == command.task_id
     assert task.task_type == "agent_run"
-    assert task.status == tasks_pb2.TASK_STATUS_RUNNING
+    assert task.status == tasks_pb2.TASK_STATUS_PENDING
     assert json_format.MessageToDict(task.input_data) == PLAN_INPUT
     assert not task.HasField("output_data")
     assert not task.HasField("error_message")
@@ -77,7 +77,7 @@ async def test_create_publishes_the_command_and_returns_the_task(
     assert isinstance(command.input_data["plan"][0]["args"]["a"], int)  # type: ignore[index,call-overload]
 
 
-async def test_create_stores_the_command_with_its_message_id(
+async def test_create_sends_the_command_as_a_submit_request(
     task_stub: tasks_pb2_grpc.TaskServiceAsyncStub, scheduler: SchedulerStandIn, subjects: Subjects
 ) -> None:
     async def take() -> tuple[SubmitTask, Any]:
@@ -89,8 +89,7 @@ async def test_create_stores_the_command_with_its_message_id(
     response = await task_stub.CreateTask(tasks_pb2.CreateTaskRequest(task_type="agent_run"))
     command, message = await taking
 
-    assert message.subject == subjects.command("submit")
-    assert message.headers["Nats-Msg-Id"] == str(command.command_id)
+    assert message.subject == subjects.submit_requests
     assert UUID(response.task.task_id) == command.task_id
     assert command.input_data == {}
 
@@ -271,7 +270,7 @@ async def test_grpcurl_lists_and_calls_the_service_through_reflection(
 
     assert "opspawn.v1.TaskService" in listed.split()
     assert created["task"]["task_id"] == str(command.task_id)
-    assert created["task"]["status"] == "TASK_STATUS_RUNNING"
+    assert created["task"]["status"] == "TASK_STATUS_PENDING"
     assert created["task"]["input_data"] == {"plan": [{"tool": "math.add"}]}
 
 

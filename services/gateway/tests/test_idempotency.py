@@ -12,7 +12,6 @@ from google.protobuf import struct_pb2
 from nats.js import JetStreamContext
 
 from opspawn.v1 import tasks_pb2, tasks_pb2_grpc
-from opspawn_contracts.commands import SubmitTask
 from opspawn_contracts.subjects import Subjects
 from services.gateway.tests.conftest import SchedulerStandIn
 
@@ -25,32 +24,31 @@ BODY: dict[str, Any] = {
 }
 
 
-async def _project_next(scheduler: SchedulerStandIn) -> SubmitTask:
-    command, _ = await scheduler.next_command()
-    await scheduler.submit_and_start(command)
-    return command
-
-
-async def _stored_commands(jetstream: JetStreamContext, subjects: Subjects) -> int:
-    return (await jetstream.stream_info(subjects.commands_stream)).state.messages
+async def _submissions(jetstream: JetStreamContext, subjects: Subjects) -> int:
+    """TaskSubmitted events in the whole stream."""
+    info = await jetstream.stream_info(subjects.events_stream, subjects_filter=">")
+    return sum(
+        count
+        for subject, count in (info.state.subjects or {}).items()
+        if subject.endswith(".TaskSubmitted")
+    )
 
 
 async def test_20_concurrent_identical_posts_make_one_task(
     http: httpx.AsyncClient,
-    scheduler: SchedulerStandIn,
+    accepting_scheduler: SchedulerStandIn,
     jetstream: JetStreamContext,
     subjects: Subjects,
 ) -> None:
-    projecting = asyncio.create_task(_project_next(scheduler))
     headers = {"Idempotency-Key": "order-42"}
     responses = await asyncio.gather(
         *(http.post("/v1/tasks", json=BODY, headers=headers) for _ in range(20))
     )
-    command = await projecting
+    [command] = accepting_scheduler.accepted
 
     assert {response.status_code for response in responses} == {202}
     assert {response.json()["task_id"] for response in responses} == {str(command.task_id)}
-    assert await _stored_commands(jetstream, subjects) == 1
+    assert await _submissions(jetstream, subjects) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
     task = responses[0].json()
     assert task["idempotency_key"] == "order-42"
@@ -62,15 +60,14 @@ async def test_20_concurrent_identical_posts_make_one_task(
 
 async def test_a_retry_later_gets_the_task_as_it_is_now_and_another_body_is_409(
     http: httpx.AsyncClient,
-    scheduler: SchedulerStandIn,
+    accepting_scheduler: SchedulerStandIn,
     jetstream: JetStreamContext,
     subjects: Subjects,
 ) -> None:
     headers = {"Idempotency-Key": "nightly-report-2026-11-25"}
-    projecting = asyncio.create_task(_project_next(scheduler))
     first = await http.post("/v1/tasks", json=BODY, headers=headers)
-    command = await projecting
-    await scheduler.complete(command, {"result": 3})
+    [command] = accepting_scheduler.accepted
+    await accepting_scheduler.complete(command, {"result": 3})
 
     retry = await http.post("/v1/tasks", json=BODY, headers=headers)
     reordered = await http.post(
@@ -100,13 +97,13 @@ async def test_a_retry_later_gets_the_task_as_it_is_now_and_another_body_is_409(
     )
     assert bad_key.status_code == 400
     assert "Idempotency-Key must be" in bad_key.json()["detail"]
-    assert await _stored_commands(jetstream, subjects) == 1
+    assert await _submissions(jetstream, subjects) == 1
 
 
 async def test_grpc_create_is_idempotent_and_reports_already_exists(
     task_stub: tasks_pb2_grpc.TaskServiceAsyncStub,
     http: httpx.AsyncClient,
-    scheduler: SchedulerStandIn,
+    accepting_scheduler: SchedulerStandIn,
 ) -> None:
     input_data = struct_pb2.Struct()
     input_data.update(BODY["input_data"])
@@ -116,9 +113,7 @@ async def test_grpc_create_is_idempotent_and_reports_already_exists(
         idempotency_key="grpc-1",
         options=tasks_pb2.TaskOptions(timeout_seconds=30, max_attempts=2, allowed_tools=["math.*"]),
     )
-    projecting = asyncio.create_task(_project_next(scheduler))
     first = await task_stub.CreateTask(request)
-    await projecting
 
     again = await task_stub.CreateTask(request)
     # The same request over REST is the same task: the key is the tenant's, not the API's.

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
+from services.gateway.tests.conftest import SchedulerStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,14 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
 
 
 @pytest.fixture
-async def fuzzed_gateway(gateway_settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    # No scheduler runs here: answer submissions from the command at once instead of waiting.
-    settings = gateway_settings.model_copy(update={"read_after_write_timeout_seconds": 0.0})
-    async with Gateway(settings) as running:
+async def fuzzed_gateway(
+    gateway_settings: GatewaySettings, scheduler: SchedulerStandIn
+) -> AsyncIterator[Gateway]:
+    """Every task submitted completes at once, so a watch of it ends instead of waiting out the
+    request timeout."""
+    await scheduler.close()
+    await scheduler.listen(accept_all=True, complete=True)
+    async with Gateway(gateway_settings) as running:
         yield running
 
 

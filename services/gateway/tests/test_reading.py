@@ -4,13 +4,16 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
+from nats.js import JetStreamContext
 from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 
 from gateway.api_errors import InvalidRequest
 from gateway.pagination import TaskFilter
 from gateway.reading import TaskEventView, TaskReader, parse_status, parse_task_id, read_only
+from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import projection_checkpoints
 
@@ -33,10 +36,12 @@ def test_parse_task_id() -> None:
 
 
 @pytest.mark.integration
-async def test_the_read_only_engine_reads_and_refuses_writes(database_url: str) -> None:
+async def test_the_read_only_engine_reads_and_refuses_writes(
+    database_url: str, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
     engine = create_engine(database_url, pool_size=1)
     try:
-        reader = TaskReader(read_only(engine))
+        reader = TaskReader(read_only(engine), EventLog(jetstream, subjects))
         assert await reader.list_tasks("acme", TaskFilter()) == ([], None)
         with pytest.raises(DBAPIError, match="read-only transaction"):
             async with read_only(engine).begin() as connection:

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from gateway.app import Gateway
@@ -56,37 +57,34 @@ async def _submit_and_project(
     return command
 
 
-async def test_submit_publishes_the_command_and_answers_202_with_the_pending_task(
-    gateway_settings: GatewaySettings,
-    scheduler: SchedulerStandIn,
-    subjects: Subjects,
-    api_key: str,
+async def test_submit_answers_202_with_the_pending_task_once_the_scheduler_stored_it(
+    http: httpx.AsyncClient, scheduler: SchedulerStandIn, subjects: Subjects
 ) -> None:
-    settings = gateway_settings.model_copy(update={"read_after_write_timeout_seconds": 0.2})
-    async with (
-        Gateway(settings) as gateway,
-        httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{gateway.http_port}",
-            headers={"authorization": f"Bearer {api_key}"},
-        ) as http,
-    ):
-        response = await http.post(
-            "/v1/tasks", json={"task_type": "agent_run", "input_data": PLAN_INPUT}
-        )
+    stored = asyncio.Event()
+
+    async def play_scheduler() -> tuple[SubmitTask, Msg]:
+        command, message = await scheduler.next_command()
+        await asyncio.sleep(0.2)  # the answer must wait for the event, however long it takes
+        await scheduler.append(scheduler.submitted(command, later=0))
+        stored.set()
+        return command, message
+
+    storing = asyncio.create_task(play_scheduler())
+    response = await http.post(
+        "/v1/tasks", json={"task_type": "agent_run", "input_data": PLAN_INPUT}
+    )
+    assert stored.is_set(), "answered before TaskSubmitted was stored"
+    command, message = await storing
 
     assert response.status_code == 202, response.text
     task = response.json()
     assert response.headers["location"] == f"/v1/tasks/{task['task_id']}"
-    command, message = await scheduler.next_command()
-    assert message.subject == subjects.command("submit")
-    assert message.headers is not None
-    assert message.headers["Nats-Msg-Id"] == str(command.command_id)
+    assert message.subject == subjects.submit_requests
     assert str(command.task_id) == task["task_id"]
     assert (command.task_type, command.input_data) == ("agent_run", PLAN_INPUT)
     assert command.tenant == TENANT
     assert command.idempotency_key is None
     assert command.request_hash is not None
-    # Nothing projected it within the bound, so the answer is the task built from the command.
     assert task["status"] == "pending"
     assert task["input_data"] == PLAN_INPUT
     assert task["output_data"] is None
@@ -101,23 +99,29 @@ async def test_submit_publishes_the_command_and_answers_202_with_the_pending_tas
     assert "idempotent-replayed" not in response.headers
 
 
-async def test_submit_answers_with_the_read_model_once_the_projection_shows_the_task(
+async def test_a_task_not_projected_yet_is_read_from_its_events(
     http: httpx.AsyncClient, scheduler: SchedulerStandIn
 ) -> None:
-    async def play_scheduler() -> SubmitTask:
+    """Read-your-writes without waiting for the projection: nothing projects here, yet a GET
+    right after the 202 finds the task and its events, in the events stream."""
+
+    async def store_only() -> None:
         command, _ = await scheduler.next_command()
-        await scheduler.submit_and_start(command)
-        return command
+        await scheduler.append(scheduler.submitted(command, later=0))
 
-    projecting = asyncio.create_task(play_scheduler())
+    storing = asyncio.create_task(store_only())
     task = await _submit(http, PLAN_INPUT)
-    command = await projecting
+    await storing
 
-    # 'running' and the event times can only have come from the read model.
-    assert task["task_id"] == str(command.task_id)
-    assert task["status"] == "running"
-    assert _parse_time(task["created_at"]) == command.issued_at + timedelta(seconds=1)
-    assert _parse_time(task["updated_at"]) == command.issued_at + timedelta(seconds=2)
+    fetched = await http.get(f"/v1/tasks/{task['task_id']}")
+    events = await http.get(f"/v1/tasks/{task['task_id']}/events")
+    listed = await http.get("/v1/tasks")
+
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json() == task
+    assert events.status_code == 200, events.text
+    assert [event["event_type"] for event in events.json()] == ["TaskSubmitted"]
+    assert listed.json()["items"] == [], "lists are the read model's alone"
 
 
 async def test_get_returns_the_task_as_projected(
@@ -372,6 +376,7 @@ async def test_events_page_after_a_sequence(
 
 async def test_limits_are_413_and_422_saying_which(
     gateway_settings: GatewaySettings,
+    accepting_scheduler: SchedulerStandIn,
     api_key: str,
     jetstream: JetStreamContext,
     subjects: Subjects,
@@ -380,7 +385,6 @@ async def test_limits_are_413_and_422_saying_which(
         update={
             "max_body_bytes": 4096,
             "max_input_bytes": 1024,
-            "read_after_write_timeout_seconds": 0.1,
         }
     )
     async with (
@@ -407,7 +411,7 @@ async def test_limits_are_413_and_422_saying_which(
         "input_data is 2011 bytes as JSON; at most 1024 are accepted"
     )
     assert fits.status_code == 202
-    assert (await jetstream.stream_info(subjects.commands_stream)).state.messages == 1
+    assert len(accepting_scheduler.accepted) == 1, "only the one that fits reached the scheduler"
 
 
 async def test_readyz_checks_nats_and_the_database(http: httpx.AsyncClient) -> None:

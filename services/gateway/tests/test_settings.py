@@ -13,7 +13,7 @@ def test_defaults_need_only_the_database_url(monkeypatch: pytest.MonkeyPatch) ->
 
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8000)
     assert (settings.grpc_host, settings.grpc_port) == ("127.0.0.1", 50051)
-    assert settings.read_after_write_timeout_seconds == 5.0
+    assert settings.publish_timeout_seconds == 5.0
     assert settings.database_url == "postgresql+asyncpg://reader@db.internal/opspawn"
 
 
@@ -32,7 +32,7 @@ def test_a_missing_database_url_stops_start_up_naming_the_variable(
         ("OPSPAWN_HTTP_PORT", "eighty"),
         ("OPSPAWN_GRPC_PORT", "70000"),
         ("OPSPAWN_DATABASE_URL", "mysql://db/opspawn"),
-        ("OPSPAWN_READ_AFTER_WRITE_TIMEOUT_SECONDS", "-1"),
+        ("OPSPAWN_PUBLISH_TIMEOUT_SECONDS", "0"),
         ("OPSPAWN_LOG_LEVEL", "LOUD"),
     ],
 )

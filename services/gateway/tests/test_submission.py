@@ -1,31 +1,36 @@
-"""Submission: what a valid request is, and read-after-write when the read model is away."""
+"""Submission: what a valid request is, and what each answer of the scheduler (or none) becomes;
+the read model is unreachable throughout, and nothing depends on it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api_errors import InvalidRequest, ServiceUnavailable
-from gateway.arrivals import TaskArrivals
+from gateway.api_errors import IdempotencyConflict, InvalidRequest, ServiceUnavailable
 from gateway.auth import DEVELOPMENT_PRINCIPAL
 from gateway.reading import TaskReader
 from gateway.submission import (
+    Submission,
     TaskRequest,
     TaskSubmitter,
     describe_validation_error,
     idempotent_task_id,
     parse_idempotency_key,
 )
-from opspawn_contracts.commands import decode_command
+from opspawn_contracts.commands import SubmitAnswer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.database import create_engine
+from services.gateway.tests.conftest import SchedulerStandIn
 
 
 @pytest.mark.parametrize(
@@ -146,60 +151,107 @@ async def unreachable_database(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-async def unreachable_arrivals(unreachable_database: AsyncEngine) -> AsyncIterator[TaskArrivals]:
-    """Arrivals on the unreachable read model, closed after the test: its listener would
-    otherwise keep retrying the missing database for the rest of the session."""
-    arrivals = TaskArrivals(unreachable_database)
-    yield arrivals
-    await arrivals.close()
-
-
-@pytest.mark.integration
-async def test_an_unreachable_read_model_still_answers_with_the_pending_task(
+def submitter(
+    nats_client: NatsClient,
     jetstream: JetStreamContext,
     subjects: Subjects,
     unreachable_database: AsyncEngine,
-    unreachable_arrivals: TaskArrivals,
-) -> None:
-    submitter = TaskSubmitter(
-        jetstream,
-        subjects,
-        TaskReader(unreachable_database),
-        unreachable_arrivals,
-        read_after_write_timeout=2,
-    )
-    submission = await submitter.submit(
-        TaskRequest(task_type="agent_run", input_data={"a": 1}), DEVELOPMENT_PRINCIPAL
-    )
+) -> TaskSubmitter:
+    """A submitter whose read model is unreachable: nothing it answers may depend on it."""
+    reader = TaskReader(unreachable_database, EventLog(jetstream, subjects))
+    return TaskSubmitter(nats_client, subjects, reader, request_timeout=1)
 
-    stored = await jetstream.get_last_msg(subjects.commands_stream, subjects.command("submit"))
-    command = decode_command(stored.data or b"")
+
+async def _submit_while(
+    submitter: TaskSubmitter,
+    play: Callable[[], Awaitable[object]],
+    *,
+    idempotency_key: str | None = None,
+) -> Submission:
+    submitting = asyncio.create_task(
+        submitter.submit(
+            TaskRequest(task_type="agent_run", input_data={"a": 1}),
+            DEVELOPMENT_PRINCIPAL,
+            idempotency_key=idempotency_key,
+        )
+    )
+    await play()
+    return await submitting
+
+
+@pytest.mark.integration
+async def test_a_submit_is_answered_once_its_task_submitted_is_stored_not_projected(
+    submitter: TaskSubmitter, scheduler: SchedulerStandIn
+) -> None:
+    async def store_it() -> None:
+        command, _ = await scheduler.next_command()
+        await scheduler.append(scheduler.submitted(command))
+
+    submission = await _submit_while(submitter, store_it)
+
     task = submission.task
-    assert task.task_id == command.task_id
     assert task.status is TaskStatus.PENDING
     assert task.input_data == {"a": 1}
-    assert task.created_at == command.issued_at
     assert task.tenant == DEVELOPMENT_PRINCIPAL.tenant
     assert not submission.replayed
 
 
 @pytest.mark.integration
-async def test_an_idempotent_submit_needs_the_read_model_and_stores_nothing_without_it(
-    jetstream: JetStreamContext,
-    subjects: Subjects,
-    unreachable_database: AsyncEngine,
-    unreachable_arrivals: TaskArrivals,
+async def test_a_retried_submit_gets_the_task_from_the_events_stream_when_not_projected(
+    submitter: TaskSubmitter, scheduler: SchedulerStandIn
 ) -> None:
-    submitter = TaskSubmitter(
-        jetstream,
-        subjects,
-        TaskReader(unreachable_database),
-        unreachable_arrivals,
-        read_after_write_timeout=2,
-    )
+    """The read model is unreachable and has never seen the task: the answer comes from the
+    task's history, the source of truth."""
 
-    with pytest.raises(ServiceUnavailable, match="nothing was stored, retry"):
-        await submitter.submit(
-            TaskRequest(task_type="agent_run"), DEVELOPMENT_PRINCIPAL, idempotency_key="k-1"
+    async def first() -> None:
+        command, _ = await scheduler.next_command()
+        await scheduler.append(scheduler.submitted(command))
+
+    original = await _submit_while(submitter, first, idempotency_key="k-1")
+
+    async def again() -> None:
+        command, _ = await scheduler.next_command()
+        await scheduler.answer(
+            command, SubmitAnswer(outcome="already_submitted", task_id=command.task_id)
         )
-    assert (await jetstream.stream_info(subjects.commands_stream)).state.messages == 0
+
+    retried = await _submit_while(submitter, again, idempotency_key="k-1")
+
+    assert retried.replayed
+    assert retried.task.task_id == original.task.task_id
+    assert retried.task.status is TaskStatus.PENDING
+
+
+@pytest.mark.integration
+async def test_a_key_reused_for_another_request_is_a_conflict(
+    submitter: TaskSubmitter, scheduler: SchedulerStandIn
+) -> None:
+    async def conflict() -> None:
+        command, _ = await scheduler.next_command()
+        await scheduler.answer(
+            command,
+            SubmitAnswer(outcome="conflict", task_id=command.task_id, detail="another command"),
+        )
+
+    with pytest.raises(IdempotencyConflict, match="already used for task"):
+        await _submit_while(submitter, conflict, idempotency_key="k-2")
+
+
+@pytest.mark.integration
+async def test_without_a_scheduler_nothing_is_stored_and_the_client_is_told_to_retry(
+    submitter: TaskSubmitter, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    with pytest.raises(ServiceUnavailable, match=r"no scheduler is running.*nothing was stored"):
+        await submitter.submit(TaskRequest(task_type="agent_run"), DEVELOPMENT_PRINCIPAL)
+    assert (await jetstream.stream_info(subjects.events_stream)).state.messages == 0
+
+
+@pytest.mark.integration
+async def test_an_unanswered_submit_says_its_outcome_is_unknown(
+    submitter: TaskSubmitter, scheduler: SchedulerStandIn
+) -> None:
+    async def take_and_stall() -> None:
+        await scheduler.next_command()
+
+    with pytest.raises(ServiceUnavailable, match=r"may still be accepted.*same Idempotency-Key"):
+        await _submit_while(submitter, take_and_stall, idempotency_key="k-3")

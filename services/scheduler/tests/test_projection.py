@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +33,6 @@ from opspawn_contracts.events import (
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
 from opspawn_messaging.event_log import EventLog
-from opspawn_readmodel.announcements import listen_for_new_tasks
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.queries import ReadModel
 from scheduler.projection import Projection, TaskProjector
@@ -293,51 +291,6 @@ async def test_invalid_events_are_stepped_over_and_the_next_one_is_projected(
     assert f"event at sequence {no_data} " in errors[1]
     assert "data: Field required" in errors[1]
     assert f"event at sequence {unstorable} cannot be stored" in errors[2]
-
-
-async def test_new_tasks_are_announced_when_their_rows_are_committed(
-    jetstream: JetStreamContext,
-    subjects: Subjects,
-    engine: AsyncEngine,
-    projection: Projection,
-) -> None:
-    """What the gateway's read-after-write relies on: each TaskSubmitted's task id is announced,
-    and only once the row can be read; a task's later events announce nothing."""
-    listening = asyncio.Event()
-    announcements: list[frozenset[UUID] | None] = []
-    readable: list[bool] = []
-    read_model = ReadModel(engine)
-    checks: list[asyncio.Task[None]] = []
-
-    async def check_readable(task_ids: frozenset[UUID]) -> None:
-        readable.extend([await read_model.get_task(t) is not None for t in task_ids])
-
-    def heard(task_ids: frozenset[UUID] | None) -> None:
-        announcements.append(task_ids)
-        if task_ids is not None:
-            checks.append(asyncio.create_task(check_readable(task_ids)))
-
-    listener = asyncio.create_task(
-        listen_for_new_tasks(engine, heard, lambda _session: listening.set())
-    )
-    try:
-        await asyncio.wait_for(listening.wait(), 10)
-        first, second = uuid4(), uuid4()
-        log = EventLog(jetstream, subjects)
-        await _append_all(log, _lifecycle(first))
-        last = (await _append_all(log, _lifecycle(second)))[-1]
-        await projection.wait_for(last, timeout=10)
-        await asyncio.sleep(0.2)  # the notification of the last commit
-        await asyncio.gather(*checks)
-    finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
-
-    assert None not in announcements
-    heard_ids = [task_id for ids in announcements if ids for task_id in ids]
-    assert sorted(heard_ids) == sorted([first, second])
-    assert readable == [True, True]
 
 
 async def test_the_projection_reconnects_when_postgres_ends_its_session(

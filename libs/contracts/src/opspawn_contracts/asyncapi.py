@@ -45,7 +45,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from opspawn_contracts import dead_letters
-from opspawn_contracts.commands import COMMAND_SCHEMA_VERSION, Command
+from opspawn_contracts.commands import COMMAND_SCHEMA_VERSION, Command, SubmitAnswer, SubmitTask
 from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import Event
 from opspawn_contracts.streams import stream_configs
@@ -300,8 +300,9 @@ def _schemas(
 INFO_DESCRIPTION = """\
 Opspawn runs AI-agent tasks as event-sourced services over NATS JetStream. This document \
 describes every subject a client of the message bus may see: the events (the source of truth), \
-the commands the gateway sends the scheduler, the runners' work queue, the dead letters, and the \
-request/reply subjects of the MCP proxy and the scheduler.
+the commands the gateway sends the scheduler (a submission as a request the scheduler answers \
+once the task is stored, a cancel on the commands stream), the runners' work queue, the dead \
+letters, and the request/reply subjects of the MCP proxy and the scheduler.
 
 Reading events: the events stream keeps every event for ever, one subject per task and event \
 type. Subscribe with a JetStream consumer (an ordered consumer to read history) on \
@@ -340,6 +341,7 @@ def asyncapi_document(event_models: Sequence[type[BaseModel]] = EVENT_MODELS) ->
         (ListToolsReply, "serialization"),
         (CallToolReply, "serialization"),
         (McpStatusReply, "serialization"),
+        (SubmitAnswer, "serialization"),
     ]
     received: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         *((model, "validation") for model in COMMAND_MODELS),
@@ -408,8 +410,8 @@ def asyncapi_document(event_models: Sequence[type[BaseModel]] = EVENT_MODELS) ->
     channels["work"] = _channel(
         channel_address(subjects.work(placeholder("task_type"))),
         ["TaskAssignment"],
-        description="The runners' work queue (a work-queue stream: each item is removed once a "
-        "runner acknowledges it).",
+        description="The runners' work queue (kept for a while after a runner acknowledges an "
+        "item: a limits stream with a max age, so the ack costs no write).",
         stream=work_stream,
     )
     operations["queueWork"] = _operation(
@@ -441,6 +443,16 @@ def asyncapi_document(event_models: Sequence[type[BaseModel]] = EVENT_MODELS) ->
     )
 
     rpcs: list[tuple[str, str, str, dict[str, Any], str, dict[str, Any], str]] = [
+        (
+            "schedulerSubmit",
+            subjects.submit_requests,
+            "SubmitTaskRequest",
+            payloads[SubmitTask],
+            "SubmitAnswer",
+            payloads[SubmitAnswer],
+            "The scheduler decides a SubmitTask sent as a request (the gateway's submissions) and "
+            "answers once the task's TaskSubmitted is stored (queue group: one scheduler answers).",
+        ),
         (
             "mcpListTools",
             subjects.mcp_list_tools,

@@ -1,8 +1,18 @@
-"""Commands: requests to change a task, published by the gateway and decided by the scheduler.
+"""Commands: requests to change a task, sent by the gateway and decided by the scheduler.
 
 A command is an intention, not a fact; the scheduler may turn it into events or refuse it. The
-gateway assigns ``task_id`` so it can answer the client at once; ``command_id`` doubles as the
-``Nats-Msg-Id`` so a retried publish is stored once.
+gateway assigns ``task_id`` so it can answer the client at once.
+
+A command reaches the scheduler one of two ways, decided the same way:
+
+- **as a request** (``SubmitTask`` on :attr:`Subjects.submit_requests`): nothing is stored but
+  the decision's event. The scheduler answers with :class:`SubmitAnswer` once TaskSubmitted is
+  durable, so the gateway's 202 means the task exists; no answer means the client retries with
+  the same Idempotency-Key, which is always safe (the task id derives from it, and TaskSubmitted
+  is only appended to a task with no events).
+- **stored on the commands stream** (any command; ``command_id`` doubles as the ``Nats-Msg-Id``
+  so a retried publish is stored once): decided when the scheduler gets to it, even if it was not
+  running when the command was sent. The gateway sends ``CancelTask`` this way.
 """
 
 from __future__ import annotations
@@ -123,3 +133,18 @@ def encode_command(command: Command) -> bytes:
 def decode_command(payload: bytes) -> Command:
     """Parse and validate a command; raises :class:`pydantic.ValidationError` on bad input."""
     return command_adapter.validate_json(payload)
+
+
+class SubmitAnswer(BaseModel):
+    """The scheduler's answer to a :class:`SubmitTask` sent as a request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    outcome: Literal["submitted", "already_submitted", "conflict", "refused", "unavailable"]
+    """``submitted``: TaskSubmitted is stored now. ``already_submitted``: an earlier delivery of
+    this same command stored it. ``conflict``: another command submitted this task (an
+    idempotency key reused for another request). ``refused``: the command can never be stored
+    (``detail`` says why). ``unavailable``: storing failed for now (NATS); retrying is safe."""
+    task_id: UUID | None = None
+    """The task the command names (absent when the request was not a readable command)."""
+    detail: str | None = None

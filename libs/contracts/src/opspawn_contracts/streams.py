@@ -36,6 +36,9 @@ class StreamSettings:
     """Copies of each stream in a JetStream cluster (``OPSPAWN_STREAM_REPLICAS``, see
     ``ServiceSettings.stream_settings``): 1 on a single server, 3 on the production cluster."""
     commands_max_age: timedelta = timedelta(days=7)
+    work_max_age: timedelta = timedelta(days=7)
+    """How long a work item is kept (acknowledged or not): longer than any task may wait for a
+    runner."""
     dead_letters_max_age: timedelta = timedelta(days=30)
 
 
@@ -70,11 +73,13 @@ def stream_configs(
         ),
         StreamConfig(
             name=subjects.work_stream,
-            description="Runnable task attempts; each is removed once a runner acknowledges it.",
+            description="Runnable task attempts, kept for a while after a runner acknowledges "
+            "them (an ack that deleted the item would cost a write of its own).",
             subjects=[subjects.all_work],
-            retention=RetentionPolicy.WORK_QUEUE,
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             duplicate_window=window,
+            max_age=settings.work_max_age.total_seconds(),
             max_msg_size=MAX_MESSAGE_BYTES,
             num_replicas=settings.replicas,
         ),

@@ -11,7 +11,7 @@ stream                 subjects                                        retention
 =====================  ==============================================  =========================
 ``S_EVENTS``           ``P.events.task.<task_id>.<EventType>``         limits (source of truth)
 ``S_COMMANDS``         ``P.commands.task.<command>``                   limits
-``S_WORK``             ``P.work.<task_type>``                          work queue
+``S_WORK``             ``P.work.<task_type>``                          limits, max age
 ``S_DEAD_LETTERS``     ``P.deadletters.<source>``                      limits
 =====================  ==============================================  =========================
 
@@ -163,6 +163,18 @@ class Subjects:
     def scheduler_status(self) -> str:
         """The scheduler's status: projection position and lag, decisions, dead letters."""
         return f"{self.prefix}.rpc.scheduler.status"
+
+    @property
+    def submit_requests(self) -> str:
+        """Where the gateway sends a :class:`~opspawn_contracts.commands.SubmitTask` as a request:
+        the scheduler answers once the task's TaskSubmitted is stored
+        (:class:`~opspawn_contracts.commands.SubmitAnswer`)."""
+        return f"{self.prefix}.rpc.scheduler.submit"
+
+    @property
+    def scheduler_queue_group(self) -> str:
+        """Queue group shared by scheduler copies so each request is decided once."""
+        return f"{self.prefix}-scheduler"
 
     @property
     def mcp_proxy_queue_group(self) -> str:

@@ -24,10 +24,10 @@ Contract of :meth:`TaskProjector.apply_batch` (the live projection and every rep
 Throughput: a batch costs two statements whatever its size, and needs no transaction around them
 (each statement is atomic on its own): one reads the checkpoint, the touched tasks and which of the
 batch's event ids are already indexed; the other moves the checkpoint by compare-and-set and, only
-if that held, inserts the index rows, upserts the tasks and (for a projector made with
-``announce=True``) announces the new tasks. Rows travel as arrays through ``unnest``. Round
-trips, not rows, are what a small batch costs (about 50 µs of client CPU each on the 2-core
-benchmark machine), so the statements are written for the driver (asyncpg's ``$n`` parameters).
+if that held, inserts the index rows and upserts the tasks. Rows travel as arrays through
+``unnest``. Round trips, not rows, are what a small batch costs (about 50 µs of client CPU each
+on the 2-core benchmark machine), so the statements are written for the driver (asyncpg's ``$n``
+parameters).
 
 
 Every method takes a :data:`Session`: a SQLAlchemy ``AsyncConnection`` (replays, tests) or a
@@ -55,9 +55,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer, Text, TypeEngine, Uuid
 
-from opspawn_contracts.events import Event, TaskSubmitted
+from opspawn_contracts.events import Event
 from opspawn_contracts.task import TaskView, fold, is_superseded, runner_attempt
-from opspawn_readmodel.announcements import NEW_TASKS_CHANNEL, announcement_payload
 from opspawn_readmodel.tables import projection_checkpoints, task_events, tasks
 
 logger = logging.getLogger(__name__)
@@ -157,12 +156,9 @@ class TaskProjector:
     ``name`` keys the checkpoint row; the live projection uses the events stream's name.
     """
 
-    def __init__(self, name: str, *, schema: str | None = None, announce: bool = False) -> None:
-        """``announce``: announce the tasks each batch submits when it commits (see
-        :mod:`opspawn_readmodel.announcements`); the live projection does, replays need not."""
+    def __init__(self, name: str, *, schema: str | None = None) -> None:
         self.name = name
         self.schema = None if schema is None else validate_schema_name(schema)
-        self.announce = announce
         prefix = "" if self.schema is None else f"{self.schema}."
         self._tasks = f"{prefix}{tasks.name}"
         self._events = f"{prefix}{task_events.name}"
@@ -198,13 +194,13 @@ class TaskProjector:
         )
         after = first_task_array + len(upserted)
         updates = ", ".join(f"{c} = excluded.{c}" for c in upserted if c != "task_id")
-        # $after: the new checkpoint; +1: the projection; +2: the announcement (or NULL);
-        # +3: the checkpoint the batch was decided at (-1: no checkpoint row yet).
+        # $after: the new checkpoint; +1: the projection; +2: the checkpoint the batch was
+        # decided at (-1: no checkpoint row yet).
         self._write_statement = (
             f"WITH moved AS (INSERT INTO {self._checkpoints} AS c "
             f"(projection, last_sequence, updated_at) VALUES (${after + 1}, ${after}, now()) "
             f"ON CONFLICT (projection) DO UPDATE SET last_sequence = excluded.last_sequence, "
-            f"updated_at = excluded.updated_at WHERE c.last_sequence = ${after + 3} "
+            f"updated_at = excluded.updated_at WHERE c.last_sequence = ${after + 2} "
             f"RETURNING 1), "
             f"new_events AS (INSERT INTO {self._events} ({', '.join(_EVENT_COLUMNS)}) "
             f"SELECT sequence, task_id, event_id, event_type, "
@@ -214,9 +210,7 @@ class TaskProjector:
             f"changed_tasks AS (INSERT INTO {self._tasks} ({', '.join(upserted)}) "
             f"SELECT * FROM unnest({task_arrays}) WHERE EXISTS (SELECT FROM moved) "
             f"ON CONFLICT (task_id) DO UPDATE SET {updates}) "
-            f"SELECT EXISTS (SELECT FROM moved) AS moved, "
-            f"CASE WHEN ${after + 2}::text IS NOT NULL AND EXISTS (SELECT FROM moved) "
-            f"THEN pg_notify('{NEW_TASKS_CHANNEL}', ${after + 2}) END AS announced"
+            f"SELECT EXISTS (SELECT FROM moved) AS moved"
         )
 
     async def checkpoint(self, session: Session) -> int:
@@ -267,7 +261,6 @@ class TaskProjector:
             rows[column] for column in _EVENT_COLUMNS
         )
         superseded_count = 0
-        submitted: list[UUID] = []
         for sequence, event, payload in fresh:
             if event is None:
                 continue
@@ -293,8 +286,6 @@ class TaskProjector:
             else:
                 states[event.task_id] = after
                 changed[event.task_id] = sequence
-                if before is None and isinstance(event, TaskSubmitted):
-                    submitted.append(event.task_id)
             sequences.append(sequence)
             task_ids.append(event.task_id)
             event_ids.append(event.event_id)
@@ -305,7 +296,6 @@ class TaskProjector:
             attempts.append(runner_attempt(event))
             flags.append(superseded)
         last = fresh[-1].sequence
-        announcement = announcement_payload(submitted) if self.announce else None
         [written] = await _fetch(
             session,
             self._write_statement,
@@ -313,7 +303,6 @@ class TaskProjector:
             *_task_arrays(states, changed).values(),
             last,
             self.name,
-            announcement,
             checkpoint,
         )
         if not written["moved"]:

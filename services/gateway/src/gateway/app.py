@@ -28,7 +28,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.arrivals import TaskArrivals
 from gateway.auth import DEVELOPMENT_PRINCIPAL, Authenticator
 from gateway.cancellation import TaskCanceller
 from gateway.grpc_api import GrpcServer, TaskServiceApi
@@ -42,6 +41,7 @@ from gateway.rest import API_DESCRIPTION, ROUTES, SECURITY_SCHEME, principal_pro
 from gateway.settings import GatewaySettings
 from gateway.submission import TaskSubmitter
 from gateway.watching import TaskWatcher
+from opspawn_messaging.event_log import EventLog
 from opspawn_messaging.nats_connection import connect
 from opspawn_messaging.service_process import serve
 from opspawn_messaging.settings import load_settings
@@ -163,9 +163,7 @@ class Gateway:
 
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
-        arrivals = TaskArrivals(read_only(engine))
-        stack.push_async_callback(arrivals.close)
-        services = self._services(nats_client, read_only(engine), arrivals)
+        services = self._services(nats_client, read_only(engine))
         if not settings.dev_disable_auth:
             logger.info("API keys required on every /v1 call and TaskService RPC")
         else:
@@ -207,12 +205,10 @@ class Gateway:
             ) from error
         stack.push_async_callback(http_server.stop)
 
-    def _services(
-        self, nats_client: NatsClient, engine: AsyncEngine, arrivals: TaskArrivals
-    ) -> Services:
+    def _services(self, nats_client: NatsClient, engine: AsyncEngine) -> Services:
         settings = self.settings
         js = nats_client.jetstream()
-        reader = TaskReader(engine)
+        reader = TaskReader(engine, EventLog(js, settings.subjects))
         return Services(
             authenticator=Authenticator(
                 ApiKeyStore(engine),
@@ -220,12 +216,10 @@ class Gateway:
                 cache_seconds=settings.auth_cache_seconds,
             ),
             submitter=TaskSubmitter(
-                js,
+                nats_client,
                 settings.subjects,
                 reader,
-                arrivals,
-                read_after_write_timeout=settings.read_after_write_timeout_seconds,
-                publish_timeout=settings.publish_timeout_seconds,
+                request_timeout=settings.publish_timeout_seconds,
                 max_input_bytes=settings.max_input_bytes,
             ),
             reader=reader,

@@ -3,20 +3,25 @@
 Every read is scoped to the caller's tenant: a task of another tenant is answered exactly like a
 task that does not exist (:class:`TaskNotFound`), so ids cannot be probed across tenants.
 
-Reads are eventually consistent with the events stream: they show what the scheduler's
-projection has applied so far (a just-submitted task may be missing for a moment, see
-:mod:`gateway.submission`). Nothing here writes, and :func:`read_only` makes the database
-enforce that.
+Reads come from the read model, which shows what the scheduler's projection has applied so far.
+A task it does not show yet is looked up in the events stream, the source of truth: its history
+folded into the same :class:`TaskView`. That keeps read-your-writes true without the submission
+waiting for the projection: a 202 means TaskSubmitted is stored (:mod:`gateway.submission`), so
+a GET right after it finds the task, from one place or the other. Lists (and the statuses in
+them) are the read model's alone, eventually consistent. Nothing here writes, and
+:func:`read_only` makes the database enforce that.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from sqlalchemy import select, tuple_
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api_errors import InvalidRequest, TaskNotFound
@@ -29,9 +34,15 @@ from gateway.pagination import (
 )
 from opspawn_contracts.events import TaskOptions, upcast_stored
 from opspawn_contracts.task import TaskStatus, TaskView
+from opspawn_messaging.event_log import EventLog
 from opspawn_readmodel.tables import task_events, tasks
 
+logger = logging.getLogger(__name__)
+
 MAX_EVENTS_PAGE = 1000
+MAX_SEQUENCE = 2**63 - 1
+"""The largest stream sequence a client may name (PostgreSQL's bigint, JetStream's uint64 cut
+to what the read model stores)."""
 
 
 class Task(BaseModel):
@@ -129,25 +140,37 @@ def parse_status(value: str | None, *, allow_any: bool = True) -> TaskStatus | N
 
 
 class TaskReader:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, events: EventLog) -> None:
+        """``events`` answers for tasks the read model does not show yet."""
         self._engine = engine
+        self._events = events
 
     async def find(self, task_id: UUID) -> TaskView | None:
         """The task whoever owns it (for idempotency checks, whose ids embed the tenant)."""
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(select(tasks).where(tasks.c.task_id == task_id))
-            ).first()
-        return None if row is None else TaskView.model_validate(row._asdict())
+        projected = await self._projected(task_id)
+        if projected is not None:
+            return projected
+        return (await self._events.task_history(task_id)).state()
 
     async def get_task(self, tenant: str, task_id: UUID) -> TaskView:
         """The tenant's task; :class:`TaskNotFound` if it has none with this id."""
-        query = select(tasks).where(tasks.c.task_id == task_id, tasks.c.tenant == tenant)
-        async with self._engine.connect() as connection:
-            row = (await connection.execute(query)).first()
-        if row is None:
+        task = await self.find(task_id)
+        if task is None or task.tenant != tenant:
             raise TaskNotFound(task_id)
-        return TaskView.model_validate(row._asdict())
+        return task
+
+    async def _projected(self, task_id: UUID) -> TaskView | None:
+        """The task's row; ``None`` when the read model does not show it, or cannot be read
+        (then the events stream answers: one task's state is cheap to fold)."""
+        try:
+            async with self._engine.connect() as connection:
+                query = select(tasks).where(tasks.c.task_id == task_id)
+                row = (await connection.execute(query)).first()
+        except (SQLAlchemyError, OSError) as error:
+            logger.warning("read model unavailable, reading task %s from the stream: %r",
+                           task_id, error)  # fmt: skip
+            return None
+        return None if row is None else TaskView.model_validate(row._asdict())
 
     async def list_tasks(
         self,
@@ -187,10 +210,22 @@ class TaskReader:
         self, tenant: str, task_id: UUID, *, after: int = 0, limit: int | None = None
     ) -> list[TaskEventView]:
         """The tenant's task's events with a sequence above ``after``, in stream order."""
-        if after < 0:
-            raise InvalidRequest(f"after must be 0 or a sequence, got {after}")
+        if not 0 <= after <= MAX_SEQUENCE:
+            raise InvalidRequest(f"after must be 0 or a sequence up to {MAX_SEQUENCE}, got {after}")
         size = page_size(limit, MAX_EVENTS_PAGE) if limit else MAX_EVENTS_PAGE
-        await self.get_task(tenant, task_id)
+        projected = await self._projected(task_id)
+        if projected is not None and projected.tenant != tenant:
+            raise TaskNotFound(task_id)
+        if projected is None:
+            history = await self._events.task_history(task_id)
+            state = history.state()
+            if state is None or state.tenant != tenant:
+                raise TaskNotFound(task_id)
+            return [
+                TaskEventView.from_payload(stored.sequence, stored.event.model_dump(mode="json"))
+                for stored in history
+                if stored.sequence > after
+            ][:size]
         query = (
             select(task_events.c.sequence, task_events.c.payload)
             .where(task_events.c.task_id == task_id, task_events.c.sequence > after)

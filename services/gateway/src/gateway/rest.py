@@ -5,14 +5,14 @@ Every ``/v1`` endpoint needs ``Authorization: Bearer <API key>`` and sees only t
 tasks; another tenant's task is a 404, exactly like a task that does not exist. Errors are RFC
 9457 problem documents (``application/problem+json``) with a ``detail`` that says what to change.
 
-Read-after-write contract of ``POST /v1/tasks``: the answer is **202 Accepted** once the submit
-command is stored in the commands stream. The gateway then waits (at most
-``OPSPAWN_READ_AFTER_WRITE_TIMEOUT_SECONDS``) for the read model to show the task and returns it as
-the read model has it (``pending`` or later). If the projection is slower, the body is the pending
-task built from the command; ``GET`` on the ``Location`` shows the task as soon as it is projected.
-``503`` means nothing was stored and the request may be retried. With an ``Idempotency-Key``
-header, retrying the same request returns the same task (``Idempotent-Replayed: true``) and never
-creates a second one; the same key with a different request is a ``409``.
+Read-after-write contract of ``POST /v1/tasks``: the answer is **202 Accepted** with the
+``pending`` task once the scheduler has stored its TaskSubmitted event (durable); ``GET`` on the
+``Location`` finds it from then on (from the events stream while the read model has not shown it
+yet). ``503`` means the task was not confirmed: its ``detail`` says whether nothing was stored
+or the outcome is unknown; retrying with the same ``Idempotency-Key`` is safe either way. With an
+``Idempotency-Key`` header, retrying the same request returns the same task
+(``Idempotent-Replayed: true``) and never creates a second one; the same key with a different
+request is a ``409``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from gateway.problems import PROBLEM_MEDIA_TYPE, Problem
 from gateway.readiness import Readiness, ReadinessProbe
 from gateway.reading import (
     MAX_EVENTS_PAGE,
+    MAX_SEQUENCE,
     Task,
     TaskEventView,
     TaskPage,
@@ -315,7 +316,13 @@ async def list_task_events(
     reader: NamedDependency[TaskReader],
     principal: NamedDependency[Principal],
     after: Annotated[
-        int, QueryParameter(ge=0, description="Only events with a greater sequence.")
+        int,
+        QueryParameter(
+            ge=0,
+            le=MAX_SEQUENCE,
+            description="Only events with a greater sequence.",
+            schema_extra={"minimum": 0, "maximum": MAX_SEQUENCE},
+        ),
     ] = 0,
     limit: Annotated[
         int,

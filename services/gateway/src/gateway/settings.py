@@ -20,10 +20,9 @@ class GatewaySettings(ServiceSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     database_url: PostgresUrl
     """Postgres of the read model (read only); ``postgresql://`` or ``postgresql+asyncpg://``."""
-    read_after_write_timeout_seconds: float = Field(default=5.0, ge=0)
-    """How long a submit waits for the read model to show the new task before answering."""
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
-    """How long a submit waits for the commands stream's PubAck before answering 503."""
+    """How long a submit waits for the scheduler's answer, and a cancel for the commands stream's
+    PubAck, before answering 503."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight HTTP and gRPC calls may take to finish."""
     http_access_log: bool = False

@@ -7,22 +7,21 @@ Contract of :meth:`TaskSubmitter.submit`:
    ``input_data`` has a ``plan``, a list of steps ``{"tool": "<namespace>.<name>", "args": {...}}``
    (else :class:`pydantic.ValidationError`, 400); a plan that only uses ``options.allowed_tools``
    when those are given (else :class:`Unprocessable`, 422).
-2. The task belongs to the caller's tenant. The gateway publishes :class:`SubmitTask` to the
-   commands stream with ``Nats-Msg-Id`` = ``command_id`` and awaits the stream's PubAck. Without a
-   PubAck (NATS down, stream missing, timeout) nothing was accepted: :class:`ServiceUnavailable`,
-   and the client may retry.
+2. The task belongs to the caller's tenant. The gateway sends :class:`SubmitTask` to the
+   scheduler as a request (``Subjects.submit_requests``) and answers 202 only once the scheduler
+   says the task's TaskSubmitted is stored: durable, so every later read finds the task (from the
+   read model, or from the events stream while the projection has not shown it yet, see
+   :class:`~gateway.reading.TaskReader`). No scheduler answering at all is
+   :class:`ServiceUnavailable`, nothing stored. A request that timed out may still be decided:
+   the 503 says so, and a retry with the same Idempotency-Key finds out safely.
 3. Idempotency, without the gateway writing anything: with an idempotency key, ``task_id`` is
    ``uuid5(tenant, key)`` and ``command_id`` is ``uuid5(task_id, request_hash)``, the hash being a
-   digest of the canonical request. Retries of one request are therefore one message (JetStream
-   drops the copies inside its duplicate window) and one task (the scheduler appends TaskSubmitted
-   only to a task with no events). A retry finds the task in the read model and gets it back; the
-   same key with another request finds a task with another ``request_hash``:
+   digest of the canonical request. Retries of one request are therefore one task (the scheduler
+   appends TaskSubmitted only to a task with no events) and get it back (200, ``replayed``); the
+   same key with another request is another command for a task that exists:
    :class:`IdempotencyConflict`. Keys are per tenant and do not expire.
-4. Read-after-write: once the command is stored the gateway waits, at most
-   ``read_after_write_timeout`` seconds, for the read model to show the task, and answers with what
-   it shows (``pending`` or already later). If the projection has not caught up by then, the
-   answer is the ``pending`` task built from the command: the command is durably accepted either
-   way, and reads show the task as soon as the projection applies it.
+4. The answer is the task as TaskSubmitted made it (``pending``), built from the command: no read
+   of the read model and no wait for the projection.
 
 The gateway never writes the read model; the scheduler's projection is its only writer.
 """
@@ -38,7 +37,7 @@ from typing import Any
 from uuid import UUID, uuid4, uuid5
 
 import nats.errors
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NatsClient
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -58,10 +57,14 @@ from gateway.api_errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from gateway.arrivals import TaskArrivals
 from gateway.auth import Principal
 from gateway.reading import TaskReader
-from opspawn_contracts.commands import SubmitTask, encode_command, nul_character_path
+from opspawn_contracts.commands import (
+    SubmitAnswer,
+    SubmitTask,
+    encode_command,
+    nul_character_path,
+)
 from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.plan import plan_adapter
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
@@ -189,21 +192,18 @@ class Submission:
 class TaskSubmitter:
     def __init__(
         self,
-        js: JetStreamContext,
+        client: NatsClient,
         subjects: Subjects,
         reader: TaskReader,
-        arrivals: TaskArrivals,
         *,
-        read_after_write_timeout: float,
-        publish_timeout: float = 5.0,
+        request_timeout: float = 5.0,
         max_input_bytes: int = 256 * 1024,
     ) -> None:
-        self._js = js
+        """``request_timeout``: how long a submission waits for the scheduler's answer."""
+        self._client = client
         self._subjects = subjects
         self._reader = reader
-        self._arrivals = arrivals
-        self._read_after_write_timeout = read_after_write_timeout
-        self._publish_timeout = publish_timeout
+        self._request_timeout = request_timeout
         self._max_input_bytes = max_input_bytes
 
     @staticmethod
@@ -243,7 +243,7 @@ class TaskSubmitter:
     async def submit(
         self, request: TaskRequest, principal: Principal, idempotency_key: str | None = None
     ) -> Submission:
-        """Publish the submit command, then answer read-after-write (see the module docstring)."""
+        """Have the scheduler store the task, then answer (see the module docstring)."""
         principal.require_write()
         self.check_allowed_tools(request)
         self.check_input_size(request.input_data)
@@ -254,9 +254,6 @@ class TaskSubmitter:
         else:
             task_id = idempotent_task_id(principal.tenant, idempotency_key)
             command_id = uuid5(task_id, request_hash)
-            existing = await self._find(task_id)
-            if existing is not None:
-                return Submission(self._same_request(existing, request_hash), replayed=True)
         bind_task(task_id)
         command = SubmitTask(
             command_id=command_id,
@@ -269,20 +266,36 @@ class TaskSubmitter:
             request_hash=request_hash,
             options=request.options,
         )
-        duplicate = await self._publish(command)
-        task = await self._read_back(command)
-        if idempotency_key is not None:
-            task = self._same_request(task, request_hash)
-        return Submission(task, replayed=duplicate)
+        answer = await self._request(command)
+        if answer.outcome == "submitted":
+            return Submission(pending_task(command), replayed=False)
+        if answer.outcome == "already_submitted":
+            return Submission(await self._earlier(command), replayed=True)
+        if answer.outcome == "conflict":
+            raise IdempotencyConflict(
+                f"Idempotency-Key was already used for task {task_id} with a different request; "
+                "use a new key for a new task, or resend the original request"
+            )
+        if answer.outcome == "refused":
+            raise Unprocessable(f"the scheduler refused the task: {answer.detail}")
+        raise ServiceUnavailable(
+            "the task could not be stored for now (the message bus failed); nothing was "
+            "submitted, retry shortly"
+        )
 
-    async def _find(self, task_id: UUID) -> TaskView | None:
+    async def _earlier(self, command: SubmitTask) -> TaskView:
+        """The task an earlier request of ``command`` submitted, as it is now."""
         try:
-            return await self._reader.find(task_id)
-        except (SQLAlchemyError, OSError) as error:
+            task = await self._reader.find(command.task_id)
+        except (SQLAlchemyError, OSError, nats.errors.Error) as error:
             raise ServiceUnavailable(
-                "the idempotency key could not be checked: the read model did not answer; "
-                "nothing was stored, retry shortly"
+                f"task {command.task_id} was submitted earlier with this Idempotency-Key but "
+                "cannot be read right now; retry shortly"
             ) from error
+        if task is None:  # the stream says it exists, so only a lost read gets here
+            raise ServiceUnavailable(f"task {command.task_id} could not be read; retry shortly")
+        assert command.request_hash is not None
+        return self._same_request(task, command.request_hash)
 
     @staticmethod
     def _same_request(task: TaskView, request_hash: str) -> TaskView:
@@ -293,49 +306,56 @@ class TaskSubmitter:
             )
         return task
 
-    async def _publish(self, command: SubmitTask) -> bool:
-        """Store ``command``; ``True`` if the stream already had it (a retried request)."""
+    async def _request(self, command: SubmitTask) -> SubmitAnswer:
         payload = encode_command(command)
         if len(payload) > MAX_MESSAGE_BYTES:
             raise RequestTooLarge(
                 f"the task is {len(payload)} bytes encoded; "
                 f"at most {MAX_MESSAGE_BYTES} are accepted"
             )
-        headers = {"Nats-Msg-Id": str(command.command_id)}
+        if not self._client.is_connected:
+            # A request sent now would wait in the client's buffer and might reach the
+            # scheduler after the client has been told to retry.
+            raise ServiceUnavailable(
+                "the task could not be submitted: the message bus is not reachable; nothing was "
+                "stored, retry shortly"
+            )
+        headers: dict[str, str] = {}
         inject_context(headers)  # the request's trace continues in the scheduler
         try:
-            ack = await self._js.publish(
-                self._subjects.command(command.command_type),
+            reply = await self._client.request(
+                self._subjects.submit_requests,
                 payload,
-                timeout=self._publish_timeout,
-                stream=self._subjects.commands_stream,
-                headers=headers,
+                timeout=self._request_timeout,
+                headers=headers or None,
             )
-        except nats.errors.Error as error:
-            logger.warning("submit of task %s not acknowledged: %r", command.task_id, error)
+        except nats.errors.NoRespondersError as error:
             raise ServiceUnavailable(
-                "the task could not be submitted: the message bus did not acknowledge it "
+                "the task could not be submitted: no scheduler is running to accept it; nothing "
+                "was stored, retry shortly"
+            ) from error
+        except nats.errors.TimeoutError as error:
+            logger.warning("submit of task %s not answered: %r", command.task_id, error)
+            raise ServiceUnavailable(
+                f"the task was not confirmed within {self._request_timeout:g} s and may still be "
+                "accepted: retry with the same Idempotency-Key to find out safely"
+                + ("" if command.idempotency_key else " (this request had none)")
+            ) from error
+        except nats.errors.Error as error:
+            logger.warning("submit of task %s not sent: %r", command.task_id, error)
+            raise ServiceUnavailable(
+                "the task could not be submitted: the message bus did not take it "
                 f"({type(error).__name__}); nothing was stored, retry shortly"
             ) from error
+        answer = SubmitAnswer.model_validate_json(reply.data)
         logger.debug(
-            "%s task %s (%s) for tenant %s, command %s",
-            "resubmitted" if ack.duplicate else "submitted",
+            "task %s (%s) for tenant %s: %s",
             command.task_id,
             command.task_type,
             command.tenant,
-            command.command_id,
+            answer.outcome,
         )
-        return bool(ack.duplicate)
-
-    async def _read_back(self, command: SubmitTask) -> TaskView:
-        try:
-            task = await self._arrivals.wait(command.task_id, self._read_after_write_timeout)
-        except (SQLAlchemyError, OSError) as error:
-            # The command is stored; a slow or unreachable read model must not turn an accepted
-            # submission into an error, so the answer falls back to the command's view.
-            logger.warning("read model unavailable after submit %s: %r", command.task_id, error)
-            task = None
-        return task if task is not None else pending_task(command)
+        return answer
 
 
 def pending_task(command: SubmitTask) -> TaskView:

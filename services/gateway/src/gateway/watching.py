@@ -30,7 +30,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from gateway.api_errors import InvalidRequest, ServiceUnavailable
-from gateway.reading import MAX_EVENTS_PAGE, TaskEventView, TaskReader
+from gateway.reading import MAX_EVENTS_PAGE, MAX_SEQUENCE, TaskEventView, TaskReader
 from opspawn_contracts.events import TERMINAL_EVENT_TYPES
 from opspawn_contracts.subjects import Subjects
 from opspawn_messaging.event_log import read_event
@@ -78,8 +78,10 @@ def parse_resume_point(value: str | int | None, name: str = "after") -> int:
         sequence = int(value)
     except ValueError:
         raise InvalidRequest(f"{name} {value!r} is not an event sequence number") from None
-    if sequence < 0:
-        raise InvalidRequest(f"{name} must be 0 or an event sequence number, got {sequence}")
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise InvalidRequest(
+            f"{name} must be 0 or an event sequence number up to {MAX_SEQUENCE}, got {sequence}"
+        )
     return sequence
 
 

@@ -1,5 +1,6 @@
-"""Wiring the scheduler: migrations, one NATS connection, and its loops: the command dispatcher,
-the projection, the retry decisions and the deadline watch, plus the status responder.
+"""Wiring the scheduler: migrations, one NATS connection, and its loops: the command dispatcher
+(and its submit requests), the projection, the retry decisions and the deadline watch, plus the
+status responder.
 
 ``python -m scheduler`` runs :func:`main`. Tests and the end-to-end harness run the same service
 in-process, with :func:`run` (until an event is set) or with :func:`running` (a context manager
@@ -41,6 +42,7 @@ from scheduler.projection import Projection
 from scheduler.retries import Retries, RetryPolicy
 from scheduler.settings import SchedulerSettings
 from scheduler.status import StatusResponder
+from scheduler.submit_requests import SubmitRequests
 
 SERVICE_NAME = "scheduler"
 
@@ -52,6 +54,7 @@ class Scheduler:
     """The running parts; each loop runs in a task of its own until the scheduler stops."""
 
     dispatcher: CommandDispatcher
+    submit_requests: SubmitRequests
     projection: Projection
     retries: Retries
     deadlines: DeadlineWatch
@@ -97,10 +100,10 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
     """The scheduler, started and ready, until the block ends.
 
     Ready means: schema migrated (if enabled), streams ensured, the projection subscribed at its
-    checkpoint, the decisions consumer bound, the status responder listening, and the durable
-    commands consumer created last (what the supervisor checks). Leaving the block stops pulling,
-    finishes the batches in hand, then closes the connections; a loop's failure is re-raised
-    then.
+    checkpoint, the decisions consumer bound, the status and submit responders listening, and
+    the durable commands consumer created last (what the supervisor checks). Leaving the block
+    stops pulling, finishes the batches in hand, then closes the connections; a loop's failure is
+    re-raised then.
     """
     if settings.migrate_on_start:
         await migrate(settings.database_url)
@@ -136,13 +139,15 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
             interval=settings.deadline_check_interval_seconds,
         )
         abandoned = AbandonedWork(client, js, subjects, dead_letters)
+        dispatcher = CommandDispatcher(
+            js,
+            subjects,
+            default_max_attempts=settings.default_max_attempts,
+            dead_letters=dead_letters,
+        )
         scheduler = Scheduler(
-            dispatcher=CommandDispatcher(
-                js,
-                subjects,
-                default_max_attempts=settings.default_max_attempts,
-                dead_letters=dead_letters,
-            ),
+            dispatcher=dispatcher,
+            submit_requests=SubmitRequests(client, subjects, dispatcher),
             projection=projection,
             retries=retries,
             deadlines=deadlines,
@@ -165,6 +170,8 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         resources.push_async_callback(scheduler.status.stop)
         await scheduler.abandoned.start()
         resources.push_async_callback(scheduler.abandoned.stop)
+        await scheduler.submit_requests.start()
+        resources.push_async_callback(scheduler.submit_requests.stop)
         await scheduler.dispatcher.start()
         await resources.enter_async_context(
             ops_endpoint(

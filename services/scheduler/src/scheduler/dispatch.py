@@ -1,6 +1,9 @@
 """Deciding commands: a SubmitTask becomes a TaskSubmitted event and a work item for a runner;
 a CancelTask of a pending or running task becomes TaskCancelled.
 
+This module consumes the commands stream; :mod:`scheduler.submit_requests` decides a SubmitTask
+sent as a request with the same :meth:`CommandDispatcher.submit`, under the same per-task lock.
+
 Contract (at-least-once in, one effect out):
 
 - A command is acknowledged only after its event and its work item are both stored, so a crash
@@ -84,11 +87,13 @@ class CommandRejected(Exception):
 def task_submitted(command: SubmitTask) -> TaskSubmitted:
     """The event ``command`` becomes.
 
-    Its id derives from the command id, so every delivery of one command describes the same event
-    and a work item built from it names the same cause.
+    Its id derives from the command id and its time is the command's, so every delivery of one
+    command describes the same event, a work item built from it names the same cause, and the
+    task's ``created_at`` is what the gateway answered the client.
     """
     return TaskSubmitted(
         event_id=uuid5(command.command_id, "TaskSubmitted"),
+        occurred_at=command.issued_at,
         task_id=command.task_id,
         correlation_id=command.correlation_id,
         causation_id=command.command_id,
@@ -181,7 +186,7 @@ class CommandDispatcher:
         scope.rename(type(command).__name__)
         scope.task(command.task_id)
         try:
-            async with self._task_lock(command.task_id):
+            async with self.task_lock(command.task_id):
                 if isinstance(command, CancelTask):
                     await self.cancel(command)
                 else:
@@ -195,7 +200,7 @@ class CommandDispatcher:
         return Done()
 
     @contextlib.asynccontextmanager
-    async def _task_lock(self, task_id: UUID) -> AsyncIterator[None]:
+    async def task_lock(self, task_id: UUID) -> AsyncIterator[None]:
         """Hold ``task_id``'s lock; waiters get it in the order they asked (asyncio locks are
         fair), which is stream order because handlers start in that order. The lock is dropped
         when its last user is done."""
@@ -211,8 +216,12 @@ class CommandDispatcher:
             else:
                 self._task_locks[task_id] = (lock, users - 1)
 
-    async def submit(self, command: SubmitTask) -> None:
-        """Record the task's submission and queue its first attempt; safe to repeat."""
+    async def submit(self, command: SubmitTask) -> bool:
+        """Record the task's submission and queue its first attempt; safe to repeat.
+
+        ``True`` if this call stored TaskSubmitted, ``False`` if an earlier delivery of the same
+        command had; :class:`CommandRejected` if another command submitted the task.
+        """
         submitted = task_submitted(command)
         sequence: int | None
         try:
@@ -220,10 +229,12 @@ class CommandDispatcher:
         except ConcurrencyConflict:
             stored = await self._stored_submission(command)
             if stored is None:
-                return
+                return False
             submitted, sequence = stored, None
+            stored_now = False
         else:
             logger.debug("task %s submitted (%s)", command.task_id, command.task_type)
+            stored_now = True
         await queue(
             self._js,
             self._subjects,
@@ -231,6 +242,7 @@ class CommandDispatcher:
                 submitted, default_max_attempts=self._default_max_attempts, sequence=sequence
             ),
         )
+        return stored_now
 
     async def cancel(self, command: CancelTask) -> None:
         """Record TaskCancelled if the task is pending or running; safe to repeat.

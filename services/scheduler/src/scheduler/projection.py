@@ -8,9 +8,6 @@ Contract:
   around them. Under load batches fill up by themselves
   (events arrive while the previous batch commits); when idle each event commits on its own at
   once, so batching adds no latency.
-- The tasks a batch submits are announced when it commits
-  (:mod:`opspawn_readmodel.announcements`): the gateway's read-after-write waits on that rather
-  than polling.
 - An event at or below the checkpoint has no effect (see :mod:`opspawn_readmodel.projector`).
 - An event whose payload fails validation, or whose content Postgres refuses to store, is logged
   at ERROR with its sequence, copied to the dead-letter stream with the reason, and stepped over:
@@ -100,7 +97,7 @@ class Projection:
         dead_letters: DeadLetters | None = None,
     ) -> None:
         """``dead_letters`` receives copies of events that cannot be projected (none: only log)."""
-        self.projector = TaskProjector(subjects.events_stream, announce=True)
+        self.projector = TaskProjector(subjects.events_stream)
         self.stats = ProjectionStats()
         self._engine = engine
         self._js = js
