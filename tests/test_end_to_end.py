@@ -39,7 +39,6 @@ EXPECTED_ORDER = [
     "TaskStarted",
     "StepCompleted",
     "StepStarted",
-    "StepCompleted",
     "TaskCompleted",
 ]
 

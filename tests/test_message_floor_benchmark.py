@@ -1,7 +1,7 @@
 """The message-floor benchmark runs in a tiny mode, so it cannot rot between measurements.
 
 One run as ``python -m benchmarks.message_floor`` would do it (200 tasks, two runner processes,
-JetStream sync always, the journal before TaskStarted v2 as the baseline, then today's). It only
+JetStream sync always, the traffic issue 14 measured as the baseline, then today's). It only
 finishes if every task's traffic went through (the projection saw each TaskCompleted, which needs
 the scheduler's and the runner's appends to have held their expectations); the test checks that
 and that CPU was counted for every process, never timings.
@@ -27,14 +27,14 @@ def test_a_tiny_run_moves_every_tasks_messages_and_counts_each_processs_cpu(
     output = tmp_path / "floor.json"
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.message_floor", "--tasks", "200", "--runners", "2",
-         "--sync", "always", "--journal", "v1", "v2", "--output", str(output)],
+         "--sync", "always", "--path", "v1", "lean", "--output", str(output)],
         cwd=REPOSITORY, capture_output=True, text=True, timeout=150, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "JetStream traffic of one task" in run.stdout
 
     baseline, figures = json.loads(output.read_text())
-    assert (baseline["journal"], figures["journal"]) == ("v1", "v2")
+    assert (baseline["path"], figures["path"]) == ("v1", "lean")
     assert run.stdout.splitlines()[-1].split()[5].endswith("x")  # a ratio to the v1 baseline
     assert figures["tasks"] == 200
     assert figures["runners"] == 2

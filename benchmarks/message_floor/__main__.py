@@ -8,8 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks.message_floor.traffic import BASELINE, PATHS, measure, report
 from benchmarks.message_floor.traffic import __doc__ as DESCRIPTION
-from benchmarks.message_floor.traffic import measure, report
 
 
 def main() -> None:
@@ -18,11 +18,11 @@ def main() -> None:
     parser.add_argument("--runners", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sync", nargs="+", choices=["always", "default"], default=["default"])
     parser.add_argument(
-        "--journal",
+        "--path",
         nargs="+",
-        choices=["v1", "v2"],
-        default=["v1", "v2"],
-        help="the runner's records: v2 today's, v1 before TaskStarted v2 (the baseline)",
+        choices=PATHS,
+        default=[BASELINE, "lean"],
+        help=f"the traffic: lean today's, v2 and v1 before it ({BASELINE} is the baseline)",
     )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     options = parser.parse_args()
@@ -31,9 +31,9 @@ def main() -> None:
         for sync in options.sync:
             for runners in options.runners:
                 for tasks in options.tasks:
-                    for journal in options.journal:
-                        store = Path(workdir) / f"{sync}-{runners}-{tasks}-{journal}"
-                        figures.append(measure(tasks, runners, sync, store, journal))
+                    for path in options.path:
+                        store = Path(workdir) / f"{sync}-{runners}-{tasks}-{path}"
+                        figures.append(measure(tasks, runners, sync, store, path))
     report(figures)
     if options.output is not None:
         rows = [

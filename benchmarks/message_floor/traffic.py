@@ -1,25 +1,29 @@
 """The floor under Opspawn's end-to-end figure: one task's JetStream traffic and nothing else.
 
-Every Opspawn task moves the same messages through JetStream, whatever the code around them
-does: the gateway stores a command; the scheduler pulls it, appends TaskSubmitted (expecting the
-task's history to be empty), queues a work item and acks the command; a runner pulls the work
-item, appends its journal of a one-step task one event after another (TaskStarted carrying the
-step's intent, StepCompleted, TaskCompleted, each expecting the previous one's sequence) and acks
-it; the projection reads all four events. This benchmark sends exactly that
-traffic, with the real streams, consumers, subjects and headers (:mod:`opspawn_contracts`) and
-payloads of a real event's size, from three processes standing in for the services (so the
-wakeups and loopback hops cross processes as they do in the system) and with no HTTP, no
-PostgreSQL, no pydantic and no agent: bare nats-py on uvloop.
+Every Opspawn task moves the same messages through NATS, whatever the code around them does.
+Today's path (``--path lean``): the gateway sends the submission as a request; the scheduler
+appends TaskSubmitted (expecting the task's history to be empty), queues a work item and answers;
+a runner pulls the work item, appends its journal of a one-step task one event after another
+(TaskStarted carrying the step's intent, TaskCompleted carrying its outcomes, each expecting the
+previous one's sequence) and acks it (the work stream keeps acked items, so the ack writes
+nothing); the projection reads all three events. Four fsynced messages a task.
 
-Its completed/s is therefore an upper bound for the system on this machine, and its CPU per task
-a lower bound: the part of the end-to-end cost that only fewer messages per task would remove.
+The paths before it, run in the same process tree as the baselines the report compares with:
+``v1`` is the traffic issue 14 measured (the gateway stores a command that the scheduler pulls
+and acks, the work stream is a work queue whose ack deletes the item, and the runner appends five
+events: TaskStarted, ToolCallRequested, ToolCallCompleted, AgentStepCompleted, TaskCompleted);
+``v2`` the same with the journal of TaskStarted v2 (TaskStarted with the intent, StepCompleted,
+TaskCompleted).
 
-``--journal`` picks the runner's records: ``v2`` is today's (above); ``v1`` is the journal before
-TaskStarted v2 (TaskStarted, ToolCallRequested, ToolCallCompleted, AgentStepCompleted,
-TaskCompleted: five appends), run in the same process tree as the baseline the report compares
-with.
-The "gateway" here only publishes (its 32 clients wait for the command's ack, not for the
-projection); completion is the projection seeing a task's TaskCompleted::
+The benchmark sends exactly that traffic, with the real streams, consumers, subjects and headers
+(:mod:`opspawn_contracts`) and payloads of a real event's size, from three processes standing in
+for the services (so the wakeups and loopback hops cross processes as they do in the system) and
+with no HTTP, no PostgreSQL, no pydantic and no agent: bare nats-py on uvloop. Its completed/s is
+therefore an upper bound for the system on this machine, and its CPU per task a lower bound: the
+part of the end-to-end cost that only fewer messages per task would remove.
+
+The "gateway" here is 32 clients, each waiting for its submission's answer (the command's ack on
+the older paths); completion is the projection seeing a task's TaskCompleted::
 
     uv run python -m benchmarks.message_floor [--tasks 10000] [--runners 1] [--sync default]
 """
@@ -42,8 +46,13 @@ import psutil
 import uvloop
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy
 
-from opspawn_contracts.streams import runner_work_consumer, scheduler_commands_consumer
+from opspawn_contracts.streams import (
+    runner_work_consumer,
+    scheduler_commands_consumer,
+    stream_configs,
+)
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.streams import ensure_streams
@@ -51,11 +60,14 @@ from opspawn_messaging.streams import ensure_streams
 PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""
 JOURNALS: dict[str, tuple[str, ...]] = {
+    "lean": ("TaskStarted", "TaskCompleted"),
     "v2": ("TaskStarted", "StepCompleted", "TaskCompleted"),
     "v1": ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
            "TaskCompleted"),
 }  # fmt: skip
-"""The events a runner appends for a one-step task, by journal version."""
+"""The events a runner appends for a one-step task, by path."""
+PATHS = tuple(JOURNALS)
+BASELINE = "v1"
 RUNNER_CONCURRENCY = 8
 CLIENTS = 32
 
@@ -77,8 +89,9 @@ async def _append(
     return ack.seq
 
 
-async def _scheduler(url: str, subjects: Subjects, tasks: int, done: Connection) -> None:
-    """Commands in, TaskSubmitted + work item out; and the projection's read of every event."""
+async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: Connection) -> None:
+    """Submissions in, TaskSubmitted + work item out; and the projection's read of every event.
+    ``lean`` answers requests; the older paths pull stored commands and ack them."""
     client = await nats.connect(url)
     js = client.jetstream()
     completed = 0
@@ -94,15 +107,8 @@ async def _scheduler(url: str, subjects: Subjects, tasks: int, done: Connection)
     await js.subscribe(
         subjects.all_events, stream=subjects.events_stream, ordered_consumer=True, cb=project
     )
-    commands = await js.pull_subscribe(
-        subjects.all_commands,
-        durable=subjects.scheduler_commands_consumer,
-        stream=subjects.commands_stream,
-        config=scheduler_commands_consumer(subjects),
-    )
 
-    async def handle(message: Msg) -> None:
-        task_id = uuid.UUID(message.data[:36].decode())
+    async def submit(task_id: uuid.UUID) -> None:
         submitted_at = await _append(js, subjects, task_id, "TaskSubmitted", 0)
         await js.publish(
             subjects.work("agent_run"),
@@ -110,26 +116,53 @@ async def _scheduler(url: str, subjects: Subjects, tasks: int, done: Connection)
             stream=subjects.work_stream,
             headers={"Nats-Msg-Id": str(uuid.uuid4())},
         )
+
+    async def answer(message: Msg) -> None:
+        await submit(uuid.UUID(message.data[:36].decode()))
+        await message.respond(b'{"outcome": "submitted"}')
+
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def on_request(message: Msg) -> None:
+        task = asyncio.create_task(answer(message))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    async def decide(message: Msg) -> None:
+        await submit(uuid.UUID(message.data[:36].decode()))
         await message.ack()
 
     async def dispatch() -> None:
+        commands = await js.pull_subscribe(
+            subjects.all_commands,
+            durable=subjects.scheduler_commands_consumer,
+            stream=subjects.commands_stream,
+            config=scheduler_commands_consumer(subjects),
+        )
         while not all_done.is_set():
             try:
                 batch = await commands.fetch(256, timeout=0.5)
             except TimeoutError:
                 continue
-            await asyncio.gather(*(handle(message) for message in batch))
+            await asyncio.gather(*(decide(message) for message in batch))
 
-    dispatcher = asyncio.create_task(dispatch())
+    if path == "lean":
+        await client.subscribe(
+            subjects.submit_requests, queue=subjects.scheduler_queue_group, cb=on_request
+        )
+        dispatcher = None
+    else:
+        dispatcher = asyncio.create_task(dispatch())
     done.send("ready")
     await all_done.wait()
     done.send(time.perf_counter())
-    dispatcher.cancel()
+    if dispatcher is not None:
+        dispatcher.cancel()
     await client.close()
 
 
 async def _runner(
-    url: str, subjects: Subjects, journal: str, stop_after: float, ready: Connection
+    url: str, subjects: Subjects, path: str, stop_after: float, ready: Connection
 ) -> None:
     """Work items in; the journal's chained appends and an ack per item, eight at a time."""
     client = await nats.connect(url)
@@ -146,7 +179,7 @@ async def _runner(
         # The work item says where the task's history ended (the real one: after_sequence).
         task_id = uuid.UUID(bytes=message.data[:16])
         after = int.from_bytes(message.data[16:24], "big")
-        for kind in JOURNALS[journal]:
+        for kind in JOURNALS[path]:
             after = await _append(js, subjects, task_id, kind, after)
         await message.ack()
 
@@ -168,8 +201,8 @@ async def _runner(
     await client.close()
 
 
-async def _gateway(url: str, subjects: Subjects, tasks: int, ready: Connection) -> None:
-    """32 clients, each storing commands one after another (waiting for each ack)."""
+async def _gateway(url: str, subjects: Subjects, path: str, tasks: int, ready: Connection) -> None:
+    """32 clients, each submitting one task after another (waiting for each answer or ack)."""
     client = await nats.connect(url)
     js = client.jetstream()
     ready.send("ready")
@@ -180,13 +213,16 @@ async def _gateway(url: str, subjects: Subjects, tasks: int, ready: Connection) 
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            task_id = uuid.uuid4()
-            await js.publish(
-                subjects.command("SubmitTask"),
-                str(task_id).encode() + PAYLOAD,
-                stream=subjects.commands_stream,
-                headers={"Nats-Msg-Id": str(uuid.uuid4())},
-            )
+            submission = str(uuid.uuid4()).encode() + PAYLOAD
+            if path == "lean":
+                await client.request(subjects.submit_requests, submission, timeout=30)
+            else:
+                await js.publish(
+                    subjects.command("SubmitTask"),
+                    submission,
+                    stream=subjects.commands_stream,
+                    headers={"Nats-Msg-Id": str(uuid.uuid4())},
+                )
 
     await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
     await client.close()
@@ -207,7 +243,7 @@ class Figures:
     tasks: int
     runners: int
     sync: str
-    journal: str
+    path: str
     seconds: float
     cpu_ms_per_task: dict[str, float]
 
@@ -221,7 +257,20 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def measure(tasks: int, runners: int, sync: str, store: Path, journal: str = "v2") -> Figures:
+async def _prepare(url: str, subjects: Subjects, path: str) -> None:
+    """The streams as the path had them: the older paths' work stream was a work queue."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    await ensure_streams(js, subjects)
+    if path != "lean":
+        [work] = [c for c in stream_configs(subjects) if c.name == subjects.work_stream]
+        await js.delete_stream(subjects.work_stream)
+        work.retention, work.max_age = RetentionPolicy.WORK_QUEUE, None
+        await js.add_stream(work)
+    await client.close()
+
+
+def measure(tasks: int, runners: int, sync: str, store: Path, path: str = "lean") -> Figures:
     """One run: ``tasks`` tasks' traffic with ``runners`` runner processes on a fresh server."""
     server = EmbeddedNats(store, sync_always=sync == "always")
     server.start()
@@ -229,18 +278,13 @@ def measure(tasks: int, runners: int, sync: str, store: Path, journal: str = "v2
     try:
         subjects = Subjects(f"floor{uuid.uuid4().hex[:6]}")
 
-        async def prepare() -> None:
-            client = await nats.connect(server.url)
-            await ensure_streams(client.jetstream(), subjects)
-            await client.close()
-
-        asyncio.run(prepare())
+        asyncio.run(_prepare(server.url, subjects, path))
         context = multiprocessing.get_context("spawn")
         pipes: dict[str, Connection] = {}
         roles: list[tuple[str, str, tuple[object, ...]]] = [
-            ("scheduler", "scheduler", (tasks,)),
-            *((f"runner-{n}", "runner", (journal, 600.0)) for n in range(1, runners + 1)),
-            ("gateway", "gateway", (tasks,)),
+            ("scheduler", "scheduler", (path, tasks)),
+            *((f"runner-{n}", "runner", (path, 600.0)) for n in range(1, runners + 1)),
+            ("gateway", "gateway", (path, tasks)),
         ]
         for label, role, extra in roles:
             ours, theirs = context.Pipe()
@@ -265,7 +309,7 @@ def measure(tasks: int, runners: int, sync: str, store: Path, journal: str = "v2
             tasks,
             runners,
             sync,
-            journal,
+            path,
             finished - started,
             {label: (after[label] - before[label]) * 1000 / tasks for label in watched},
         )
@@ -278,13 +322,13 @@ def measure(tasks: int, runners: int, sync: str, store: Path, journal: str = "v2
 def report(figures: list[Figures]) -> None:
     cores = os.cpu_count() or 1
     print(f"JetStream traffic of one task, nothing else ({cores} cores):")
-    print(f"{'tasks':>7} {'runners':>7} {'sync':>8} {'journal':>7} {'completed/s':>12} "
-          f"{'vs v1':>6} {'CPU ms/task':>12} {'CPU-bound ceiling/s':>20}   "
+    print(f"{'tasks':>7} {'runners':>7} {'sync':>8} {'path':>7} {'completed/s':>12} "
+          f"{'vs ' + BASELINE:>6} {'CPU ms/task':>12} {'CPU-bound ceiling/s':>20}   "
           "per process (ms/task)")  # fmt: skip
     baseline = {
         (row.tasks, row.runners, row.sync): row.tasks / row.seconds
         for row in figures
-        if row.journal == "v1"
+        if row.path == BASELINE
     }
     for row in figures:
         rate = row.tasks / row.seconds
@@ -292,7 +336,7 @@ def report(figures: list[Figures]) -> None:
         ratio = f"{rate / base:.2f}x" if base else "-"
         parts = ", ".join(f"{label} {value:.2f}" for label, value in row.cpu_ms_per_task.items())
         print(
-            f"{row.tasks:>7,} {row.runners:>7} {row.sync:>8} {row.journal:>7} {rate:>12,.0f} "
+            f"{row.tasks:>7,} {row.runners:>7} {row.sync:>8} {row.path:>7} {rate:>12,.0f} "
             f"{ratio:>6} {row.total_cpu_ms:>12.2f} {cores * 1000 / row.total_cpu_ms:>20,.0f}   "
             f"{parts}"
         )

@@ -290,7 +290,6 @@ class StreamProbe:
 HEALTHY_RUN = [
     "TaskSubmitted",
     "TaskStarted",
-    "StepCompleted",
     "TaskCompleted",
 ]
 

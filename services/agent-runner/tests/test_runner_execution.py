@@ -25,9 +25,9 @@ from agent_runner.execution import NO_PLAN_MESSAGE
 from agent_runner.settings import RunnerSettings
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
-    StepCompleted,
     TaskCancelled,
     TaskCancelledData,
+    TaskFailed,
     TaskSubmitted,
     TaskSubmittedData,
 )
@@ -144,7 +144,7 @@ def summary(history: list[StoredEvent]) -> list[tuple[str, dict[str, Any]]]:
     for stored in history:
         data = stored.event.data.model_dump(mode="json", exclude_none=False)
         data = {key: value for key, value in data.items() if value is not None}
-        for outcome in data.get("outcomes", []):
+        for outcome in [*data.get("outcomes", []), *data.get("last_step", {}).get("outcomes", [])]:
             assert outcome.pop("duration_ms") >= 0
         rows.append((stored.event.event_type, data))
     return rows
@@ -178,9 +178,11 @@ def step_started(step: int, tool: str, arguments: dict[str, Any]) -> tuple[str, 
     return ("StepStarted", {"attempt": 1, "step": _intent(step, tool, arguments)})
 
 
-def step_completed(
+def outcomes(
     step: int, tool: str, *, result: Any = None, error: str | None = None
-) -> tuple[str, dict[str, Any]]:
+) -> dict[str, Any]:
+    """Step ``step``'s one call's outcome, as a StepCompleted or a terminal ``last_step``
+    stores it."""
     outcome = {
         "call_id": f"plan-{step}",
         "tool": tool,
@@ -188,7 +190,13 @@ def step_completed(
         "result": result,
         "error": error,
     }
-    return ("StepCompleted", {"attempt": 1, "step_index": step, "outcomes": [outcome]})
+    return {"step_index": step, "outcomes": [outcome]}
+
+
+def step_completed(
+    step: int, tool: str, *, result: Any = None, error: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    return ("StepCompleted", {"attempt": 1, **outcomes(step, tool, result=result, error=error)})
 
 
 ADD: dict[str, JsonValue] = {"tool": "math.add", "args": {"a": 2, "b": 3}}
@@ -208,7 +216,6 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
         started("math.add", {"a": 2, "b": 3}),
         step_completed(0, "math.add", result=5),
         step_started(1, "math.multiply", {"a": 5, "b": 4}),
-        step_completed(1, "math.multiply", result=20),
         (
             "TaskCompleted",
             {
@@ -220,6 +227,7 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
                     ],
                     "result": 20,
                 },
+                "last_step": outcomes(1, "math.multiply", result=20),
             },
         ),
     ]
@@ -248,7 +256,6 @@ async def test_a_work_item_knowing_where_the_history_ended_runs_once(
     assert [event_type for event_type, _ in summary(history)] == [
         "TaskSubmitted",
         "TaskStarted",
-        "StepCompleted",
         "TaskCompleted",
     ]
     assert history[1].sequence > history[0].sequence
@@ -316,13 +323,13 @@ async def test_a_tool_nobody_provides_fails_the_task(
     tool = str(step["tool"])
     assert summary(history)[1:] == [
         started(tool, {"a": 2, "b": 8} if tool == "math.pow" else {}),
-        step_completed(0, tool, error=error),
         (
             "TaskFailed",
             {
                 "attempt": 1,
                 "error_message": f"step 1 ({tool}) failed: {error}",
                 "output_data": {"steps": []},
+                "last_step": outcomes(0, tool, error=error),
             },
         ),
     ]
@@ -341,13 +348,15 @@ async def test_divide_by_zero_fails_at_its_step_and_keeps_the_steps_before(
         started("math.add", {"a": 2, "b": 3}),
         step_completed(0, "math.add", result=5),
         step_started(1, "math.divide", {"a": 1, "b": 0}),
-        step_completed(1, "math.divide", error="ZeroDivisionError: division by zero"),
         (
             "TaskFailed",
             {
                 "attempt": 1,
                 "error_message": "step 2 (math.divide) failed: ZeroDivisionError: division by zero",
                 "output_data": {"steps": [ADD_STEP]},
+                "last_step": outcomes(
+                    1, "math.divide", error="ZeroDivisionError: division by zero"
+                ),
             },
         ),
     ]
@@ -368,19 +377,20 @@ async def test_a_step_past_its_timeout_is_killed_and_fails_the_task(
 
     assert summary(history)[1:] == [
         started("util.sleep", {"seconds": 5}),
-        step_completed(0, "util.sleep", error="timed out after 0.3s"),
         (
             "TaskFailed",
             {
                 "attempt": 1,
                 "error_message": "step 1 (util.sleep) failed: timed out after 0.3s",
                 "output_data": {"steps": []},
+                "last_step": outcomes(0, "util.sleep", error="timed out after 0.3s"),
             },
         ),
     ]
-    step = history[2].event
-    assert isinstance(step, StepCompleted)
-    assert 300 <= step.data.outcomes[0].duration_ms < 3000
+    failed = history[2].event
+    assert isinstance(failed, TaskFailed)
+    assert failed.data.last_step is not None
+    assert 300 <= failed.data.last_step.outcomes[0].duration_ms < 3000
     assert_one_chain(history, submitted)
 
 

@@ -222,7 +222,6 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
         ("TaskStarted", 1),
         ("TaskStarted", 2),
         ("StepCompleted", 1),
-        ("StepCompleted", 2),
         ("TaskCompleted", 2),
     ]
     engine = create_engine(database_url, pool_size=1)
@@ -299,6 +298,16 @@ async def test_the_runner_times_the_task_out_at_its_deadline(
     assert timed_out.event_type == "TaskTimedOut"
     assert timed_out.data.reason == "deadline of 1s exceeded during attempt 1"
     assert (timed_out.occurred_at - started).total_seconds() < 5
+    # TaskTimedOut has no room for the step's outcomes: the plan's held outcomes go first.
+    assert [stored.event.event_type for stored in history] == [
+        "TaskSubmitted",
+        "TaskStarted",
+        "StepCompleted",
+        "TaskTimedOut",
+    ]
+    interrupted = history[2].event
+    assert isinstance(interrupted, StepCompleted)
+    assert [outcome.ok for outcome in interrupted.data.outcomes] == [False]
 
 
 async def test_a_copy_of_a_running_attempt_runs_nothing_and_is_finished_with_when_it_returns(

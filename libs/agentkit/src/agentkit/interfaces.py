@@ -134,7 +134,10 @@ class Planner(Protocol):
         is in ``state``), so one instance can serve concurrent runs.
 
         A planner that never looks at ``state.tools`` says so with a class attribute
-        ``offers_tools = False``; the agent then lists no tools for its runs.
+        ``offers_tools = False``; the agent then lists no tools for its runs. One that decides
+        without I/O (nothing can fail or take long between a step's end and the next decision)
+        says so with ``decides_locally = True``: a journal may then hold a step's outcomes until
+        it records what comes next, in one write with it.
         """
         ...
 

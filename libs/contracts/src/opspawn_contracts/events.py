@@ -189,9 +189,20 @@ class ToolCallCompletedData(ToolCallOutcome):
     step_index: int = Field(ge=0)
 
 
+class StepOutcomes(_Data):
+    """The outcomes of step ``step_index``'s calls, carried by the event that ends the attempt
+    when nothing else was recorded between the step's end and the attempt's (one durable write
+    instead of two; the same content as a StepCompleted)."""
+
+    step_index: int = Field(ge=0)
+    outcomes: list[ToolCallOutcome]
+
+
 class TaskCompletedData(_Data):
     attempt: int = Field(ge=1)
     output_data: dict[str, JsonValue]
+    last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
 
 
 class TaskFailedData(_Data):
@@ -199,6 +210,8 @@ class TaskFailedData(_Data):
     error_message: str
     output_data: dict[str, JsonValue] | None = None
     """What the steps before the failure produced, so a client can see how far it got."""
+    last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
 
 
 class TaskCancelledData(_Data):
@@ -212,6 +225,8 @@ class TaskAttemptFailedData(_Data):
     attempt: int = Field(ge=1)
     error_message: str
     output_data: dict[str, JsonValue] | None = None
+    last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
 
 
 class TaskRetryScheduledData(_Data):

@@ -2,9 +2,9 @@
 
 For an assignment the runner records its journal (:mod:`agent_runner.journal`): ``TaskStarted``
 with the first step's intent, ``StepStarted`` for each later step's intent, ``StepCompleted`` with
-each step's outcomes, then ``TaskCompleted`` with the output or ``TaskFailed`` with the error and
-the partial output. All carry the attempt and form one causation chain, fenced by the attempt
-number (see :mod:`agent_runner.event_chain`).
+each step's outcomes (a plan's last step's ride in the terminal event), then ``TaskCompleted``
+with the output or ``TaskFailed`` with the error and the partial output. All carry the attempt
+and form one causation chain, fenced by the attempt number (see :mod:`agent_runner.event_chain`).
 
 Which attempt runs is decided from the task's history first (:mod:`agent_runner.attempts`): a
 redelivered item whose attempt had started is taken over as the next attempt; a finished task, a
@@ -34,7 +34,7 @@ from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
 from agent_runner.journal import AttemptJournal, ClaimRefused
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
-from agent_runner.planner_selection import PlannerSelection
+from agent_runner.planner_selection import PlannerChoice, PlannerSelection
 from agent_runner.step_metrics import StepMetrics
 from agentkit import (
     Agent,
@@ -113,6 +113,7 @@ class TaskExecution:
             decided = await self._decide(assignment, redelivered=redelivered)
             if isinstance(decided, NothingToRun | StartedElsewhere):
                 return self._not_running(task, assignment, decided)
+            choice = self._planners.choose(assignment.input_data)
             journal = AttemptJournal(
                 self._log,
                 assignment,
@@ -121,21 +122,24 @@ class TaskExecution:
                 redelivered=redelivered,
                 history=lambda: self._log.task_history(assignment.task_id),
                 on_claimed=partial(_log_takeover, assignment),
+                hold_outcomes=not isinstance(choice, str)
+                and getattr(choice.planner, "decides_locally", False),
             )
             task = f"task {assignment.task_id} attempt {decided.attempt}"
             try:
-                result = await self._run_agent(journal, release)
+                result = await self._run_agent(journal, choice, release)
                 if result.stop_reason is StopReason.CANCELLED:
                     if await self._finished(assignment):
                         logger.info("%s: stopped, the task was cancelled or timed out", task)
                         return Done()
                     logger.info("%s: interrupted (%s), releasing it", task, result.error_message)
+                    await journal.flush()
                     return Release()
                 await journal.append(partial(_terminal_event, result=result))
             except EventTooLarge as too_large:
                 # Another attempt would produce the same event: the task fails, saying why.
                 logger.error("%s: %s; failing the task", task, too_large)
-                await journal.append(partial(_too_large, error=too_large))
+                await journal.append(partial(_too_large, error=too_large), carry_outcomes=False)
                 return Done()
         except ClaimRefused as refused:
             return self._not_running(task, assignment, refused.decision)
@@ -186,9 +190,11 @@ class TaskExecution:
         state = (await self._history(assignment)).state()
         return state is not None and state.status.is_terminal
 
-    async def _run_agent(self, journal: AttemptJournal, release: asyncio.Event) -> AgentResult:
+    async def _run_agent(
+        self, journal: AttemptJournal, choice: PlannerChoice | str, release: asyncio.Event
+    ) -> AgentResult:
+        """Run the chosen planner (``choice`` is why none could be chosen, as text)."""
         assignment = journal.assignment
-        choice = self._planners.choose(assignment.input_data)
         if isinstance(choice, str):
             return AgentResult(
                 ok=False,

@@ -44,6 +44,8 @@ class PlanPlanner:
 
     offers_tools: ClassVar[bool] = False
     """A plan names its tools itself: a run needs no listing of the tools to offer."""
+    decides_locally: ClassVar[bool] = True
+    """The next step is read from the plan: no I/O between steps."""
 
     async def decide(self, state: RunState) -> Decision:
         plan = parse_plan(state.input_data)
