@@ -26,7 +26,16 @@ from benchmarks.end_to_end import baseline
 from benchmarks.end_to_end.databases import PostgresServer
 from benchmarks.end_to_end.load_generator import LoadSpec
 from benchmarks.end_to_end.report import text_report, write_json, write_plot
-from benchmarks.end_to_end.runs import Instruments, RunResult, RunStalled, measure
+from benchmarks.end_to_end.runs import (
+    DRAMATIQ_HTTP_CONFIRM,
+    NATS_MODES,
+    OPSPAWN,
+    SYSTEMS,
+    Instruments,
+    RunResult,
+    RunStalled,
+    measure,
+)
 from benchmarks.end_to_end.systems import BaselineSystem, OpspawnSystem
 from opspawn_embedded import nats_server_binary
 
@@ -56,9 +65,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         description="Opspawn (REST) vs Dramatiq + RabbitMQ + PostgreSQL, no-op tasks end to end.",
     )
     parser.add_argument(
+        "--systems",
+        choices=SYSTEMS,
+        nargs="+",
+        default=list(SYSTEMS),
+        help="what to measure (default: all): opspawn; dramatiq-http and dramatiq-http-confirm, "
+        "the baseline behind a FastAPI app with Dramatiq's publisher confirms off and on; "
+        "dramatiq, the baseline without HTTP (the load generator inserts and sends: the floor)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="about a minute: N=500, 2 runners, sync always, 200/s for 5 s (explicit options win)",
+        help="a few minutes: N=500, 2 runners, sync always, 200/s for 5 s (explicit options win)",
     )
     parser.add_argument("--tasks", type=int, nargs="+", help="closed-loop N (1000 10000)")
     parser.add_argument("--runners", type=int, nargs="+", help="runner process counts (1 2 4)")
@@ -75,16 +93,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, help="open-loop duration per rate (10)")
     parser.add_argument("--warmup", type=int, help="tasks per configuration before measuring (200)")
     parser.add_argument(
+        "--nats",
+        choices=NATS_MODES,
+        nargs="+",
+        default=["single"],
+        help="Opspawn's NATS: one nats-server (single, the default) and/or a 3-node cluster from "
+        "the production configuration with R3 streams (cluster)",
+    )
+    parser.add_argument(
         "--opspawn",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="measure Opspawn (default: yes; --no-opspawn measures only the baseline)",
+        help="--no-opspawn: leave opspawn out of --systems (only the baselines)",
     )
     parser.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also measure Dramatiq + RabbitMQ + PostgreSQL (default: yes)",
+        help="--no-baseline: leave every Dramatiq system out of --systems (no RabbitMQ needed)",
     )
     parser.add_argument(
         "--baseline-workers", type=int, nargs="+", help="Dramatiq worker processes (= --runners)"
@@ -128,6 +154,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure nothing: print the tables of an earlier run's JSON and redraw its PNG",
     )
     args = parser.parse_args(argv)
+    args.systems = [
+        name
+        for name in SYSTEMS
+        if name in args.systems and (args.opspawn if name == OPSPAWN else args.baseline)
+    ]
+    if not args.systems:
+        parser.error("nothing to measure: --systems, --no-opspawn and --no-baseline left none")
+    args.opspawn = OPSPAWN in args.systems
+    args.baseline = any(name != OPSPAWN for name in args.systems)
+    args.nats = [mode for mode in NATS_MODES if mode in args.nats]
     preset = QUICK if args.quick else FULL
     for name, value in preset.items():
         if getattr(args, name) is None:
@@ -154,12 +190,17 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "rates": args.rates,
         "rate_seconds": args.rate_seconds,
         "warmup": args.warmup,
+        "systems": args.systems,
+        "nats": args.nats,
         "opspawn": args.opspawn,
         "baseline": args.baseline,
         "baseline_workers": args.baseline_workers,
         "baseline_threads": args.baseline_threads,
         "runner_concurrency": args.runner_concurrency,
-        "baseline_confirm_delivery": False,
+        "baseline_confirm_delivery": {
+            name: name == DRAMATIQ_HTTP_CONFIRM for name in args.systems if name != OPSPAWN
+        },
+        "http_baseline_pool_size": args.concurrency,
         "service_log_level": args.service_log_level,
         "opspawn_environment": {
             key: value for key, value in os.environ.items() if key.startswith("OPSPAWN_")
@@ -190,6 +231,8 @@ def machine_facts(postgres: PostgresServer, rabbitmq_url: str | None) -> dict[st
         "postgres_source": postgres.source,
         "dramatiq": version("dramatiq"),
         "psycopg": version("psycopg"),
+        "fastapi": version("fastapi"),
+        "uvicorn": version("uvicorn"),
         "load_average_start": [round(value, 2) for value in os.getloadavg()],
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -211,13 +254,19 @@ async def run_configuration(
 ) -> bool:
     """Start ``system``, warm it up, measure every load against it, stop it. Whether any of its
     services crashed (and was restarted) meanwhile, warm-up included."""
-    name = "opspawn" if isinstance(system, OpspawnSystem) else "dramatiq"
-    sync = None
-    if isinstance(system, OpspawnSystem):
-        sync = "always" if system.sync_always else "default"
-        processes = system.runners
-    else:
-        processes = system.workers
+
+    def result(mode: str, tasks: int, rate: float | None) -> RunResult:
+        return RunResult(
+            system.name,
+            system.sync,
+            system.processes,
+            mode,
+            tasks,
+            args.concurrency,
+            rate,
+            nats=system.nats,
+        )
+
     plans: list[tuple[str, int, float | None]] = [
         ("warmup", args.warmup, None),
         *(("closed", tasks, None) for tasks in args.tasks),
@@ -230,7 +279,7 @@ async def run_configuration(
         async with system:
             with Instruments(system, postgres.admin_url) as instruments:
                 for mode, tasks, rate in plans:
-                    current = RunResult(name, sync, processes, mode, tasks, args.concurrency, rate)
+                    current = result(mode, tasks, rate)
                     spec = LoadSpec(system.target(), tasks, args.concurrency, rate)
                     await measure(
                         system, instruments, spec, current, stall_seconds=args.stall_seconds
@@ -249,7 +298,7 @@ async def run_configuration(
             current.error = str(error)
             results.append(current)
         else:
-            failed = RunResult(name, sync, processes, "closed", 0, args.concurrency, None)
+            failed = result("closed", 0, None)
             failed.error = str(error)
             results.append(failed)
     return crashed
@@ -266,6 +315,43 @@ def _summary(run: RunResult) -> str:
     )
 
 
+def _systems_with(
+    count: int, args: argparse.Namespace, postgres: PostgresServer, workdir: Path
+) -> list[OpspawnSystem | BaselineSystem]:
+    """The configurations with ``count`` runner or worker processes, in the order measured:
+    Opspawn for each NATS and sync setting, then each baseline."""
+    found: list[OpspawnSystem | BaselineSystem] = []
+    if args.opspawn and count in args.runners:
+        found.extend(
+            OpspawnSystem(
+                postgres=postgres,
+                workdir=workdir / f"opspawn-{count}-{nats}-{sync}",
+                runners=count,
+                runner_concurrency=args.runner_concurrency,
+                sync_always=sync == "always",
+                nats=nats,
+                log_level=args.service_log_level,
+            )
+            for nats in args.nats
+            for sync in args.sync
+        )
+    if count in args.baseline_workers:
+        found.extend(
+            BaselineSystem(
+                name=name,
+                postgres=postgres,
+                workdir=workdir / f"{name}-{count}",
+                rabbitmq_url=args.rabbitmq_url,
+                workers=count,
+                threads=args.baseline_threads,
+                http_pool_size=args.concurrency,
+            )
+            for name in args.systems
+            if name != OPSPAWN
+        )
+    return found
+
+
 async def benchmark(args: argparse.Namespace, workdir: Path) -> tuple[int, bool]:
     """The exit status, and whether the logs are worth keeping (a service crashed)."""
     postgres = await asyncio.to_thread(PostgresServer.find, args.postgres_url, workdir)
@@ -280,26 +366,8 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> tuple[int, bool]
             | set(args.baseline_workers if args.baseline else [])
         )
         for count in counts:
-            if args.opspawn and count in args.runners:
-                for sync in args.sync:
-                    opspawn = OpspawnSystem(
-                        postgres=postgres,
-                        workdir=workdir / f"opspawn-{count}-{sync}",
-                        runners=count,
-                        runner_concurrency=args.runner_concurrency,
-                        sync_always=sync == "always",
-                        log_level=args.service_log_level,
-                    )
-                    crashed |= await run_configuration(opspawn, postgres, args, results)
-            if args.baseline and count in args.baseline_workers:
-                dramatiq = BaselineSystem(
-                    postgres=postgres,
-                    workdir=workdir / f"dramatiq-{count}",
-                    rabbitmq_url=args.rabbitmq_url,
-                    workers=count,
-                    threads=args.baseline_threads,
-                )
-                crashed |= await run_configuration(dramatiq, postgres, args, results)
+            for system in _systems_with(count, args, postgres, workdir):
+                crashed |= await run_configuration(system, postgres, args, results)
     finally:
         await asyncio.to_thread(postgres.close)
     machine["load_average_end"] = [round(value, 2) for value in os.getloadavg()]

@@ -7,6 +7,10 @@ task's id to a Dramatiq actor on RabbitMQ; the actor, in worker processes starte
 defaults are kept (default middleware, 8 threads per process, no publisher confirms), except
 ``max_retries=0``, since a no-op that fails should show, not be retried.
 
+This client, run in the load generator, is the floor: no HTTP in front. The same work behind
+HTTP, as a service of its own, with publisher confirms off or on, is
+:mod:`~benchmarks.end_to_end.http_baseline`.
+
 Each run gets a queue of its own (``e2e_bench_<hex>``); :meth:`BaselineWorkers.stop` stops the
 workers and deletes the queue and Dramatiq's delay and dead-letter queues beside it.
 """
@@ -46,8 +50,10 @@ WORKER_MODULE = "benchmarks.end_to_end.dramatiq_worker"
 READY_TIMEOUT_SECONDS = 60.0
 
 
-def make_broker(rabbitmq_url: str) -> RabbitmqBroker:
-    return RabbitmqBroker(url=rabbitmq_url)
+def make_broker(rabbitmq_url: str, *, confirm_delivery: bool = False) -> RabbitmqBroker:
+    """Dramatiq's RabbitMQ broker; ``confirm_delivery``: each send waits for RabbitMQ's
+    publisher confirm (off by default, as in Dramatiq)."""
+    return RabbitmqBroker(url=rabbitmq_url, confirm_delivery=confirm_delivery)
 
 
 def declare_actor(broker: RabbitmqBroker, queue: str) -> dramatiq.Actor[[str], None]:

@@ -10,13 +10,14 @@ slow one.
 
 Two targets:
 
-* :class:`OpspawnTarget`: ``POST /v1/tasks`` on the gateway over keep-alive connections
-  (:mod:`benchmarks.end_to_end.http_client`, on uvloop like the services), one plan step calling
-  the built-in no-op tool;
-* :class:`BaselineTarget`: what a client of the old Dramatiq system did: insert a ``pending`` row
-  into Postgres through a ``psycopg_pool`` pool, then send the message to the actor; one thread
-  per concurrent client (Dramatiq's RabbitMQ broker is synchronous and keeps a connection per
-  thread, warmed before ``"go"``).
+* :class:`HttpTarget`: ``POST /v1/tasks`` over keep-alive connections
+  (:mod:`benchmarks.end_to_end.http_client`, on uvloop like the services), with one plan step
+  calling the built-in no-op tool as the body: Opspawn's gateway, and the same request to the
+  Dramatiq baseline's HTTP app (:mod:`benchmarks.end_to_end.http_baseline`);
+* :class:`BaselineTarget`: what a client of the old Dramatiq system did, without HTTP: insert a
+  ``pending`` row into Postgres through a ``psycopg_pool`` pool, then send the message to the
+  actor; one thread per concurrent client (Dramatiq's RabbitMQ broker is synchronous and keeps a
+  connection per thread, warmed before ``"go"``).
 
 Two shapes: closed loop (``rate`` is ``None``: ``concurrency`` clients, each submitting its next
 task when the previous one is answered, until ``tasks`` are submitted) and open loop (``tasks``
@@ -50,7 +51,8 @@ NOOP_TASK: dict[str, Any] = {
     "task_type": "agent_run",
     "input_data": {"plan": [{"tool": "util.noop", "args": {}}]},
 }
-"""What every Opspawn task of the benchmark is: one plan step calling the built-in no-op tool."""
+"""What every task submitted over HTTP is: one plan step calling Opspawn's built-in no-op tool
+(the Dramatiq baseline's HTTP app validates the same body and runs its no-op actor)."""
 OPEN_LOOP_MAX_CONNECTIONS = 256
 """Most connections (or threads) the open loop holds; beyond it submissions queue (and their
 latency, counted from the schedule, grows)."""
@@ -58,7 +60,9 @@ ERROR_SAMPLES = 10
 
 
 @dataclass(frozen=True)
-class OpspawnTarget:
+class HttpTarget:
+    """A server answering ``POST /v1/tasks`` with ``202 {"task_id": ...}``."""
+
     host: str
     port: int
 
@@ -73,7 +77,7 @@ class BaselineTarget:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    target: OpspawnTarget | BaselineTarget
+    target: HttpTarget | BaselineTarget
     tasks: int
     concurrency: int
     rate: float | None = None
@@ -136,10 +140,10 @@ def main(spec: LoadSpec, control: Connection, shared_progress: Any) -> None:
             control.recv()
 
     try:
-        if isinstance(spec.target, OpspawnTarget):
+        if isinstance(spec.target, HttpTarget):
             target = spec.target
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(_opspawn_load(spec, target, control, progress, deliver))
+                runner.run(_http_load(spec, target, control, progress, deliver))
         else:
             _baseline_load(spec, spec.target, control, progress, deliver)
     except (EOFError, BrokenPipeError):
@@ -156,12 +160,12 @@ def _wait_for_go(control: Connection) -> None:
         raise RuntimeError(f"expected 'go' from the harness, got {message!r}")
 
 
-# --- Opspawn: REST -------------------------------------------------------------------------
+# --- over HTTP: Opspawn's gateway, the baseline's HTTP app ---------------------------------
 
 
-async def _opspawn_load(
+async def _http_load(
     spec: LoadSpec,
-    target: OpspawnTarget,
+    target: HttpTarget,
     control: Connection,
     progress: Progress,
     deliver: Callable[[LoadOutcome], None],

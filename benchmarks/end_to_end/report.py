@@ -8,22 +8,42 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.end_to_end.runs import BASELINE_CLIENT, MEASUREMENT_LABELS, RunResult
+from benchmarks.end_to_end.runs import (
+    BASELINE_CLIENT,
+    DRAMATIQ,
+    DRAMATIQ_HTTP,
+    DRAMATIQ_HTTP_CONFIRM,
+    HTTP_BASELINES,
+    MEASUREMENT_LABELS,
+    OPSPAWN,
+    SYSTEMS,
+    RunResult,
+)
 
 TARGET_P50_MS = 5.0
 TARGET_RATE = 200.0
+BASELINE_TITLES = {
+    DRAMATIQ_HTTP: "Dramatiq+RabbitMQ+PG via HTTP",
+    DRAMATIQ_HTTP_CONFIRM: "Dramatiq+RabbitMQ+PG via HTTP, confirms",
+    DRAMATIQ: "Dramatiq+RabbitMQ+PG, no HTTP (floor)",
+}
+RATIO_HEADS = {DRAMATIQ_HTTP: "÷http", DRAMATIQ_HTTP_CONFIRM: "÷confirm", DRAMATIQ: "÷floor"}
+"""The per-configuration tables' ratio columns: Opspawn against each HTTP-fronted baseline, or
+against the no-HTTP one when no HTTP baseline was measured (as in runs made before they were)."""
 
 
 def _family(run: RunResult) -> str:
-    if run.system == "opspawn":
-        return f"Opspawn sync={run.sync}"
-    return "Dramatiq+RabbitMQ+PG"
+    if run.system == OPSPAWN:
+        cluster = ", R3 cluster" if run.nats == "cluster" else ""
+        return f"Opspawn sync={run.sync}{cluster}"
+    return BASELINE_TITLES.get(run.system, run.system)
 
 
-def _baseline_for(run: RunResult, runs: list[RunResult]) -> RunResult | None:
+def _baseline_for(run: RunResult, runs: list[RunResult], system: str) -> RunResult | None:
+    """The ``system`` baseline's run of the same load and process count as ``run``."""
     for other in runs:
         if (
-            other.system == "dramatiq"
+            other.system == system
             and other.error is None
             and other.processes == run.processes
             and other.mode == run.mode
@@ -41,25 +61,32 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def comparisons(runs: list[RunResult]) -> list[dict[str, Any]]:
-    """Each Opspawn run against the baseline run of the same load and process count."""
+    """Each Opspawn run against each baseline's run of the same load and process count."""
     found = []
     for run in runs:
-        if run.system != "opspawn" or run.error is not None:
+        if run.system != OPSPAWN or run.error is not None:
             continue
-        base = _baseline_for(run, runs)
-        if base is None:
-            continue
-        found.append(
-            {
-                "opspawn": run.key,
-                "baseline": base.key,
-                "completed_per_second_ratio": _ratio(
-                    run.completed_per_second, base.completed_per_second
-                ),
-                "p50_latency_ratio": _ratio(run.latency_ms.get("p50"), base.latency_ms.get("p50")),
-                "p99_latency_ratio": _ratio(run.latency_ms.get("p99"), base.latency_ms.get("p99")),
-            }
-        )
+        for system in SYSTEMS:
+            base = _baseline_for(run, runs, system) if system != OPSPAWN else None
+            if base is None:
+                continue
+            found.append(
+                {
+                    "opspawn": run.key,
+                    "baseline": base.key,
+                    "baseline_system": system,
+                    "completed_per_second_ratio": _ratio(
+                        run.completed_per_second, base.completed_per_second
+                    ),
+                    "cpu_ms_per_task_ratio": _ratio(system_cpu_ms(run), system_cpu_ms(base)),
+                    "p50_latency_ratio": _ratio(
+                        run.latency_ms.get("p50"), base.latency_ms.get("p50")
+                    ),
+                    "p99_latency_ratio": _ratio(
+                        run.latency_ms.get("p99"), base.latency_ms.get("p99")
+                    ),
+                }
+            )
     return found
 
 
@@ -101,22 +128,22 @@ def text_report(runs: list[RunResult], machine: dict[str, Any], settings: dict[s
         "Shared machine: other sessions' work competes for the same cores, so treat the figures "
         "as noisy (compare within one run; see each run's load average in the JSON)."
     )
+    out.extend(_configuration_tables(runs))
     closed = [run for run in runs if run.mode == "closed"]
     if closed:
         out.append(f"\nClosed loop: {settings['concurrency']} concurrent clients, N tasks each run")
         out.append(
             _table(
                 [
-                    "N", "procs", "system", "submitted/s", "completed/s", "x base",
-                    "p50 ms", "p95 ms", "p99 ms", "p50 x base", "gen core%", "errors", "failed",
+                    "N", "procs", "system", "submitted/s", "completed/s", "p50 ms", "p95 ms",
+                    "p99 ms", "gen core%", "errors", "failed",
                 ],
-                (_closed_row(run, runs) for run in closed),
+                (_closed_row(run) for run in closed),
             )
         )  # fmt: skip
         out.append(
-            "x base: Opspawn / baseline at the same N and process count (completed/s: higher is "
-            "better; p50: lower is better). gen core%: the load generator's CPU per second of "
-            "submitting (100 = a whole core: then it, not the system, set the pace)."
+            "gen core%: the load generator's CPU per second of submitting (100 = a whole core: "
+            "then it, not the system, set the pace)."
         )
     opened = [run for run in runs if run.mode == "open"]
     if opened:
@@ -125,16 +152,17 @@ def text_report(runs: list[RunResult], machine: dict[str, Any], settings: dict[s
             _table(
                 [
                     "rate/s", "procs", "system", "completed/s", "p50 ms", "p95 ms", "p99 ms",
-                    "p50 x base", "submit p50 ms", "slip p99 ms", "errors",
+                    "submit p50 ms", "slip p99 ms", "errors",
                 ],
-                (_open_row(run, runs) for run in opened),
+                (_open_row(run) for run in opened),
             )
         )  # fmt: skip
         out.append(
             "submit p50: from when a submission was due to its answer (Opspawn: the POST, which "
-            "answers once the read model shows the task; baseline: insert + send). slip: how late "
-            "the generator sent after the schedule (large once the system falls behind and its "
-            "256 connections are all waiting)."
+            "answers once the task is durable; HTTP baselines: the POST, which answers after the "
+            "insert and the send; no-HTTP baseline: insert + send). slip: how late the generator "
+            "sent after the schedule (large once the system falls behind and its 256 connections "
+            "are all waiting)."
         )
     out.append("")
     out.extend(_cpu_tables(runs, cores))
@@ -155,27 +183,87 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def _closed_row(run: RunResult, runs: list[RunResult]) -> list[str]:
-    base = _baseline_for(run, runs) if run.system == "opspawn" else None
+def _configuration_tables(runs: list[RunResult]) -> list[str]:
+    """One table per load and process count: every system's completed/s, CPU ms per task (its
+    own processes, all of them) and p50/p99, and Opspawn's ratios to the HTTP-fronted baselines
+    (to the no-HTTP one when neither was measured)."""
+    configurations: dict[tuple[str, int, float | None, int], list[RunResult]] = {}
+    for run in runs:
+        shape = (run.mode, run.tasks_requested if run.mode == "closed" else 0, run.rate)
+        configurations.setdefault((*shape, run.processes), []).append(run)
+    measured = {run.system for run in runs}
+    baselines = [system for system in HTTP_BASELINES if system in measured]
+    if not baselines and DRAMATIQ in measured:
+        baselines = [DRAMATIQ]
+    heads = [
+        f"{RATIO_HEADS[system]} {figure}"
+        for system in baselines
+        for figure in ("done/s", "CPU", "p50")
+    ]
+    out: list[str] = []
+    for (mode, tasks, rate, processes), members in configurations.items():
+        members.sort(key=lambda run: SYSTEMS.index(run.system))  # stable: Opspawn's as measured
+        load = f"N={tasks:,}" if mode == "closed" else f"{rate:g} tasks/s"
+        out.append(f"\n{'Closed' if mode == 'closed' else 'Open'} loop, {load}, x{processes}")
+        rows = []
+        for run in members:
+            row = [
+                _family(run),
+                _number(run.completed_per_second, 0) if run.error is None else "failed",
+                _number(system_cpu_ms(run), 2) if run.cpu_ms_per_task else "-",
+                _number(run.latency_ms.get("p50")),
+                _number(run.latency_ms.get("p99")),
+            ]
+            for system in baselines:
+                base = _baseline_for(run, runs, system) if run.system == OPSPAWN else None
+                row.extend(_ratios(run, base))
+            rows.append(row)
+        out.append(
+            _table(["system", "completed/s", "CPU ms/task", "p50 ms", "p99 ms", *heads], rows)
+        )
+    if out:
+        legend = (
+            "CPU ms/task: every process of the system (shared RabbitMQ and PostgreSQL server "
+            "processes included; the benchmark's own excluded)."
+        )
+        if baselines:
+            legend += (
+                " "
+                + ", ".join(f"{RATIO_HEADS[s]}: / {BASELINE_TITLES[s]}" for s in baselines)
+                + ", same load and process count (done/s above 1: Opspawn completes more; CPU, "
+                "p50 below 1: Opspawn spends less, answers sooner)."
+            )
+        out.append(legend)
+    return out
+
+
+def _ratios(run: RunResult, base: RunResult | None) -> list[str]:
+    if base is None:
+        return ["", "", ""]
+    return [
+        _number(_ratio(run.completed_per_second, base.completed_per_second), 2),
+        _number(_ratio(system_cpu_ms(run), system_cpu_ms(base)), 2),
+        _number(_ratio(run.latency_ms.get("p50"), base.latency_ms.get("p50")), 2),
+    ]
+
+
+def _closed_row(run: RunResult) -> list[str]:
     return [
         f"{run.tasks_requested:,}",
         str(run.processes),
         _family(run),
         _number(run.submitted_per_second, 0),
         _number(run.completed_per_second, 0) if run.error is None else "failed",
-        _number(_ratio(run.completed_per_second, base.completed_per_second) if base else None, 2),
         _number(run.latency_ms.get("p50")),
         _number(run.latency_ms.get("p95")),
         _number(run.latency_ms.get("p99")),
-        _number(_ratio(run.latency_ms.get("p50"), base.latency_ms.get("p50")) if base else None, 2),
         _number(run.load_generator_core_share * 100, 0),
         str(run.submit_errors),
         str(run.failed),
     ]
 
 
-def _open_row(run: RunResult, runs: list[RunResult]) -> list[str]:
-    base = _baseline_for(run, runs) if run.system == "opspawn" else None
+def _open_row(run: RunResult) -> list[str]:
     return [
         f"{run.rate:g}",
         str(run.processes),
@@ -184,7 +272,6 @@ def _open_row(run: RunResult, runs: list[RunResult]) -> list[str]:
         _number(run.latency_ms.get("p50")),
         _number(run.latency_ms.get("p95")),
         _number(run.latency_ms.get("p99")),
-        _number(_ratio(run.latency_ms.get("p50"), base.latency_ms.get("p50")) if base else None, 2),
         _number(run.submit_latency_ms.get("p50")),
         _number(run.schedule_slip_ms.get("p99")),
         str(run.submit_errors),
@@ -204,7 +291,7 @@ def _cpu_tables(runs: list[RunResult], cores: int) -> list[str]:
     families: dict[str, list[RunResult]] = {}
     for run in runs:
         if run.error is None and run.cpu_ms_per_task:
-            unit, plural = ("runner", "s") if run.system == "opspawn" else ("worker process", "es")
+            unit, plural = ("runner", "s") if run.system == OPSPAWN else ("worker process", "es")
             name = f"{_family(run)}, {run.processes} {unit}{plural if run.processes > 1 else ''}"
             families.setdefault(name, []).append(run)
     for family, members in families.items():
@@ -231,10 +318,11 @@ def _cpu_tables(runs: list[RunResult], cores: int) -> list[str]:
         out.append(f"\n{family}")
         out.append(_table(["process", *(_short(run) for run in members)], rows))
     out.append(
-        f"('{BASELINE_CLIENT}' is the baseline's load generator doing the old system's client "
-        "work, the pending row and the publish, so it counts in the baseline's total, as the "
-        "gateway does in Opspawn's; Opspawn's load generator only sends HTTP requests. Processes "
-        "marked shared also served other work on the machine.)"
+        f"('{BASELINE_CLIENT}' is the no-HTTP baseline's load generator doing the old system's "
+        "client work, the pending row and the publish, so it counts in that baseline's total, as "
+        "the gateway does in Opspawn's and the FastAPI app in the HTTP baselines'; their load "
+        "generators only send HTTP requests. Processes marked shared also served other work on "
+        "the machine.)"
     )
     return out
 
@@ -242,7 +330,7 @@ def _cpu_tables(runs: list[RunResult], cores: int) -> list[str]:
 def _verdicts(runs: list[RunResult]) -> list[str]:
     out = ["", "Against the issue's goals:"]
     for run in runs:
-        if run.system == "opspawn" and run.mode == "open" and run.rate == TARGET_RATE:
+        if run.system == OPSPAWN and run.mode == "open" and run.rate == TARGET_RATE:
             p50 = run.latency_ms.get("p50")
             verdict = "met" if p50 is not None and p50 <= TARGET_P50_MS else "NOT met"
             out.append(
@@ -254,7 +342,10 @@ def _verdicts(runs: list[RunResult]) -> list[str]:
         if "N=" not in comparison["opspawn"] or ratio is None:
             continue
         verdict = "2x goal met" if ratio >= 2 else "matches" if ratio >= 1 else "BELOW baseline"
-        out.append(f"  completed/s {comparison['opspawn']}: {ratio:.2f}x the baseline ({verdict})")
+        out.append(
+            f"  completed/s {comparison['opspawn']}: {ratio:.2f}x "
+            f"{comparison['baseline_system']} ({verdict})"
+        )
     return out
 
 

@@ -31,20 +31,33 @@ from benchmarks.end_to_end.completions import CompletionListener
 from benchmarks.end_to_end.cpu_accounting import CpuAccount, PostgresWatch, ProcessGroup
 from benchmarks.end_to_end.load_generator import (
     BaselineTarget,
+    HttpTarget,
     LoadFailure,
     LoadOutcome,
     LoadSpec,
-    OpspawnTarget,
 )
 
 POLL_SECONDS = 0.05
 SAMPLE_SECONDS = 0.5
 PREPARE_TIMEOUT_SECONDS = 60.0
+OPSPAWN = "opspawn"
+DRAMATIQ_HTTP = "dramatiq-http"
+"""The Dramatiq baseline behind its FastAPI app, publisher confirms off (Dramatiq's default)."""
+DRAMATIQ_HTTP_CONFIRM = "dramatiq-http-confirm"
+"""The same with publisher confirms: a 202 means RabbitMQ has the message on disk."""
+DRAMATIQ = "dramatiq"
+"""The Dramatiq baseline without HTTP: the load generator inserts and sends (the floor)."""
+SYSTEMS = (OPSPAWN, DRAMATIQ_HTTP, DRAMATIQ_HTTP_CONFIRM, DRAMATIQ)
+HTTP_BASELINES = (DRAMATIQ_HTTP, DRAMATIQ_HTTP_CONFIRM)
+"""The baselines Opspawn is compared with: both pay for HTTP."""
+NATS_MODES = ("single", "cluster")
+"""Opspawn on one nats-server, or on a 3-node cluster with R3 streams."""
+
 LOAD_GENERATOR = "load generator"
 BASELINE_CLIENT = "client: insert + send (load generator)"
-"""The baseline's load generator under its role: the old system's client does the submit path's
-work (the pending row, the publish), so its CPU counts in that system's total, as the gateway's
-does in Opspawn's."""
+"""The no-HTTP baseline's load generator under its role: the old system's client does the submit
+path's work (the pending row, the publish), so its CPU counts in that system's total, as the
+gateway's does in Opspawn's and the HTTP app's in the HTTP baselines'."""
 LISTENER = "completion listener"
 HARNESS = "harness (log pump, sampler)"
 MEASUREMENT_LABELS = frozenset(
@@ -59,14 +72,31 @@ class RunStalled(RuntimeError):
 
 class SystemUnderTest(Protocol):
     database_url: str
-    client_label: str
-    """How the load generator's process is labelled: :data:`LOAD_GENERATOR` when it only
-    generates load, :data:`BASELINE_CLIENT` when it does the system's submit work."""
+
+    @property
+    def name(self) -> str:
+        """One of :data:`SYSTEMS`."""
+        ...
+
+    @property
+    def sync(self) -> str | None: ...
+
+    @property
+    def nats(self) -> str | None: ...
+
+    @property
+    def processes(self) -> int: ...
+
+    @property
+    def client_label(self) -> str:
+        """How the load generator's process is labelled: :data:`LOAD_GENERATOR` when it only
+        generates load, :data:`BASELINE_CLIENT` when it does the system's submit work."""
+        ...
 
     @property
     def description(self) -> str: ...
 
-    def target(self) -> OpspawnTarget | BaselineTarget: ...
+    def target(self) -> HttpTarget | BaselineTarget: ...
 
     def groups(self) -> list[ProcessGroup]: ...
 
@@ -76,7 +106,7 @@ class SystemUnderTest(Protocol):
 @dataclass
 class RunResult:
     system: str
-    """``opspawn`` or ``dramatiq``."""
+    """One of :data:`SYSTEMS`."""
     sync: str | None
     """JetStream ``sync_interval``: ``always`` or ``default`` (Opspawn only)."""
     processes: int
@@ -112,13 +142,17 @@ class RunResult:
     restarts: dict[str, int] = field(default_factory=dict)
     """Services the supervisor restarted during this run (they crashed: see their logs)."""
     error: str | None = None
+    nats: str | None = None
+    """Opspawn's NATS: ``single`` (one nats-server) or ``cluster`` (three, R3 streams); ``None``
+    for the baselines (and in JSON written before the option existed: a single server)."""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def key(self) -> str:
         sync = f" sync={self.sync}" if self.sync else ""
+        nats = " nats=cluster" if self.nats == "cluster" else ""
         load = f"N={self.tasks_requested}" if self.mode == "closed" else f"{self.rate:g}/s"
-        return f"{self.system}{sync} x{self.processes} {load}"
+        return f"{self.system}{sync}{nats} x{self.processes} {load}"
 
     def as_json(self) -> dict[str, Any]:
         document = asdict(self)

@@ -6,7 +6,8 @@ kill and start again on the same port and store, and a fresh database. A :class:
 
 1. submits a backlog of tasks through the gateway's REST API while the runners' work consumer is
    paused (a JetStream consumer pause, the operator's tool), so the whole backlog is in flight at
-   once when the consumer resumes; every task is a plan of one quick local tool (``math.add``);
+   once when the consumer resumes; every task is a plan of one quick local tool (``math.add``),
+   the first few behind a ``util.sleep`` (:data:`SLOW_HEAD_TASKS`);
 2. lets the test inject its fault while those tasks run, and keeps submitting a second wave
    through the fault, as clients would: each request carries an ``Idempotency-Key`` and is
    retried, with the same key, on 503 or a broken connection, so a retry can never make a
@@ -70,6 +71,10 @@ BACKLOG_TASKS = 1_500
 hundred finish before a test's fault (the scheduler's waits for its projection to be busy), so
 this keeps a margin over :data:`MIN_IN_FLIGHT` on a slow or loaded machine."""
 MIN_IN_FLIGHT = 1_000
+SLOW_HEAD_TASKS = 16
+SLOW_HEAD_SECONDS = 2.0
+"""The backlog's first tasks sleep this long first: whatever the fault, some tasks are surely in
+the middle of a step when it strikes."""
 """Accepted tasks not yet finished when a fault is injected (at least)."""
 DURING_FAULT_TASKS = 200
 """Tasks submitted while the fault is injected (their submissions overlap it)."""
@@ -213,6 +218,8 @@ class FaultRun:
         self.terminal_seen: set[str] = set()
         """Task ids whose terminal event went by on core NATS (progress only: lossy)."""
         self.started_by: dict[str, str] = {}
+        self.slow: set[str] = set()
+        """Accepted tasks whose plan sleeps first."""
         """Task id → the runner of its last TaskStarted that went by (progress only)."""
         self._client: NatsClient | None = None
         self._http: httpx.AsyncClient | None = None
@@ -284,9 +291,11 @@ class FaultRun:
         )
         assert not resumed.paused, resumed
 
-    async def submit(self, count: int) -> None:
+    async def submit(self, count: int, *, sleep_seconds: float = 0) -> None:
         """Submit ``count`` tasks with :data:`SUBMIT_CONCURRENCY` clients; returns once every
-        one was accepted (retrying through outages, see the module docstring)."""
+        one was accepted (retrying through outages, see the module docstring). With
+        ``sleep_seconds`` each plan first sleeps that long: tasks certain to be running when a
+        fault strikes (a quick task can finish between being seen started and the fault)."""
         keys = [f"{self.name}-{self._next_operand + n}" for n in range(count)]
         self._next_operand += count
         queue: asyncio.Queue[str] = asyncio.Queue()
@@ -295,24 +304,26 @@ class FaultRun:
 
         async def client() -> None:
             while not queue.empty():
-                await self._submit_one(queue.get_nowait())
+                await self._submit_one(queue.get_nowait(), sleep_seconds=sleep_seconds)
 
         await asyncio.gather(*(client() for _ in range(SUBMIT_CONCURRENCY)))
 
-    def submit_in_background(self, count: int) -> asyncio.Task[None]:
+    def submit_in_background(self, count: int, *, sleep_seconds: float = 0) -> asyncio.Task[None]:
         """:meth:`submit` in a task of its own (awaited, or cancelled when the run ends)."""
-        submitting = asyncio.create_task(self.submit(count), name=f"submit {count}")
+        submitting = asyncio.create_task(
+            self.submit(count, sleep_seconds=sleep_seconds), name=f"submit {count}"
+        )
         self._background.add(submitting)
         submitting.add_done_callback(self._background.discard)
         return submitting
 
-    async def _submit_one(self, key: str) -> None:
+    async def _submit_one(self, key: str, *, sleep_seconds: float = 0) -> None:
         assert self._http is not None
         operand = int(key.rsplit("-", 1)[1])
-        body = {
-            "task_type": "agent_run",
-            "input_data": {"plan": [{"tool": "math.add", "args": {"a": operand, "b": 1}}]},
-        }
+        plan: list[dict[str, Any]] = [{"tool": "math.add", "args": {"a": operand, "b": 1}}]
+        if sleep_seconds:
+            plan.insert(0, {"tool": "util.sleep", "args": {"seconds": sleep_seconds}})
+        body = {"task_type": "agent_run", "input_data": {"plan": plan}}
         give_up = time.monotonic() + SUBMIT_GIVE_UP_SECONDS
         while True:
             try:
@@ -326,6 +337,8 @@ class FaultRun:
                     task_id = UUID(response.json()["task_id"])
                     self.accepted[key] = task_id
                     self.operands[task_id] = operand
+                    if sleep_seconds:
+                        self.slow.add(str(task_id))
                     return
                 assert response.status_code == 503, (
                     f"submit of {key}: {response.status_code} {response.text}"
@@ -349,15 +362,18 @@ class FaultRun:
 
         await self.until(accepted, f"{count} accepted tasks")
 
-    async def until_running_on(self, runner_id: str, count: int) -> None:
-        """Wait until ``runner_id`` has ``count`` tasks started and not finished."""
+    async def until_running_on(self, runner_id: str, count: int, *, slow: bool = False) -> None:
+        """Wait until ``runner_id`` has ``count`` tasks started and not finished (tasks that
+        sleep first, with ``slow``)."""
 
         async def running() -> bool:
             return (
                 sum(
                     1
                     for task, runner in self.started_by.items()
-                    if runner == runner_id and task not in self.terminal_seen
+                    if runner == runner_id
+                    and task not in self.terminal_seen
+                    and (not slow or task in self.slow)
                 )
                 >= count
             )
@@ -582,5 +598,6 @@ async def fault_run(
         subjects=subjects,
     ) as run:
         await run.pause_runners()
+        await run.submit(SLOW_HEAD_TASKS, sleep_seconds=SLOW_HEAD_SECONDS)
         await run.submit(BACKLOG_TASKS)
         yield run

@@ -232,7 +232,9 @@ class LocalSystem:
         deadline = time.monotonic() + timeout
         waiting: set[str] = {"gateway", "scheduler", "agent-runner", "mcp-proxy"}
         subjects = self.settings.subjects
-        client = await nats.connect(self.nats_url, connect_timeout=5)
+        # OPSPAWN_NATS_URL may list a cluster's servers, comma-separated, as the services take it.
+        servers = [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        client = await nats.connect(servers, connect_timeout=5)
         try:
             js = client.jetstream()
             async with httpx.AsyncClient(timeout=2) as http:

@@ -382,7 +382,12 @@ async def stream_task_events(
     ] = "",
     after: Annotated[
         int,
-        QueryParameter(ge=0, description="Resume after this sequence (if no Last-Event-ID)."),
+        QueryParameter(
+            ge=0,
+            le=MAX_SEQUENCE,
+            description="Resume after this sequence (if no Last-Event-ID).",
+            schema_extra={"minimum": 0, "maximum": MAX_SEQUENCE},
+        ),
     ] = 0,
 ) -> ServerSentEvent:
     if last_event_id:

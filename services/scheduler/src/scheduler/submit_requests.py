@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from opspawn_contracts.commands import SubmitAnswer, SubmitTask
 from opspawn_contracts.subjects import Subjects
 from opspawn_messaging.event_log import EventTooLarge
-from opspawn_observability.tracing import handling
+from opspawn_observability.tracing import handling, handling_scope
 from scheduler.dispatch import CommandDispatcher, CommandRejected
 from scheduler.rejections import describe
 from scheduler.task_decisions import HistoryKeptMoving
@@ -89,8 +89,6 @@ class SubmitRequests:
     async def _answer(self, message: Msg) -> None:
         with handling("SubmitTask", message.headers) as scope:
             answer = await self.decide(message.data)
-            if answer.task_id is not None:
-                scope.task(answer.task_id)
             if answer.outcome in ("refused", "unavailable"):
                 scope.fail(answer.detail or answer.outcome)
         if message.reply:
@@ -110,6 +108,7 @@ class SubmitRequests:
                 detail=f"not a valid SubmitTask: {describe(error)}",
             )
         task_id = command.task_id
+        handling_scope().task(task_id)  # the logs of the decision name the task
         try:
             async with self._dispatcher.task_lock(task_id):
                 stored_now = await self._dispatcher.submit(command)
