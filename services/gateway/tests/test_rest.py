@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from opspawn_contracts.commands import SubmitTask
-from opspawn_contracts.events import Event
+from opspawn_contracts.events import Event, TaskStarted, TaskStartedData
 from opspawn_contracts.subjects import Subjects
 from services.gateway.tests.conftest import TENANT, SchedulerStandIn
 
@@ -103,11 +103,21 @@ async def test_a_task_not_projected_yet_is_read_from_its_events(
     http: httpx.AsyncClient, scheduler: SchedulerStandIn
 ) -> None:
     """Read-your-writes without waiting for the projection: nothing projects here, yet a GET
-    right after the 202 finds the task and its events, in the events stream."""
+    right after the 202 finds the task and its events, in the events stream; as the projection
+    will first show it (submitted, not yet started), so that reads never go backwards once the
+    read model answers."""
 
     async def store_only() -> None:
         command, _ = await scheduler.next_command()
-        await scheduler.append(scheduler.submitted(command, later=0))
+        submitted = scheduler.submitted(command, later=0)
+        await scheduler.append(submitted)
+        started = TaskStarted(
+            task_id=command.task_id,
+            correlation_id=command.correlation_id,
+            causation_id=submitted.event_id,
+            data=TaskStartedData(attempt=1, runner_id="runner-test"),
+        )
+        await scheduler.append(started)
 
     storing = asyncio.create_task(store_only())
     task = await _submit(http, PLAN_INPUT)

@@ -4,12 +4,13 @@ Every read is scoped to the caller's tenant: a task of another tenant is answere
 task that does not exist (:class:`TaskNotFound`), so ids cannot be probed across tenants.
 
 Reads come from the read model, which shows what the scheduler's projection has applied so far.
-A task it does not show yet is looked up in the events stream, the source of truth: its history
-folded into the same :class:`TaskView`. That keeps read-your-writes true without the submission
-waiting for the projection: a 202 means TaskSubmitted is stored (:mod:`gateway.submission`), so
-a GET right after it finds the task, from one place or the other. Lists (and the statuses in
-them) are the read model's alone, eventually consistent. Nothing here writes, and
-:func:`read_only` makes the database enforce that.
+A task it does not show yet is looked up in the events stream, the source of truth: its
+TaskSubmitted folded into the same :class:`TaskView` (the row the projection will first write;
+only that, so a task's reads never go backwards). That keeps read-your-writes true without the
+submission waiting for the projection: a 202 means TaskSubmitted is stored
+(:mod:`gateway.submission`), so a GET right after it finds the task, from one place or the
+other. Lists (and the statuses in them) are the read model's alone, eventually consistent.
+Nothing here writes, and :func:`read_only` makes the database enforce that.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gateway.pagination import (
 )
 from opspawn_contracts.events import TaskOptions, upcast_stored
 from opspawn_contracts.task import TaskStatus, TaskView
-from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.event_log import EventLog, TaskHistory
 from opspawn_readmodel.tables import task_events, tasks
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class TaskReader:
         projected = await self._projected(task_id)
         if projected is not None:
             return projected
-        return (await self._events.task_history(task_id)).state()
+        return (await self._submission(task_id)).state()
 
     async def get_task(self, tenant: str, task_id: UUID) -> TaskView:
         """The tenant's task; :class:`TaskNotFound` if it has none with this id."""
@@ -158,6 +159,15 @@ class TaskReader:
         if task is None or task.tenant != tenant:
             raise TaskNotFound(task_id)
         return task
+
+    async def _submission(self, task_id: UUID) -> TaskHistory:
+        """The task's history in the events stream up to its TaskSubmitted (empty for a task
+        that does not exist): the task as the projection will first show it. Not further, so
+        that reads never go backwards: a later read from a lagging read model shows at least
+        this much, while a fuller history read now could show ``running`` and the row a moment
+        later still ``pending``."""
+        history = await self._events.task_history(task_id)
+        return history.until(sequence=history[0].sequence) if history else history
 
     async def _projected(self, task_id: UUID) -> TaskView | None:
         """The task's row; ``None`` when the read model does not show it, or cannot be read
@@ -217,7 +227,7 @@ class TaskReader:
         if projected is not None and projected.tenant != tenant:
             raise TaskNotFound(task_id)
         if projected is None:
-            history = await self._events.task_history(task_id)
+            history = await self._submission(task_id)
             state = history.state()
             if state is None or state.tenant != tenant:
                 raise TaskNotFound(task_id)
