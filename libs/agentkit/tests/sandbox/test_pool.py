@@ -57,6 +57,23 @@ async def test_a_worker_is_retired_after_its_call_budget() -> None:
         assert first not in pool.pids
 
 
+async def test_the_first_workers_retire_at_staggered_calls_not_all_at_once() -> None:
+    """Calls go round the workers in turn: with equal budgets all four would retire together."""
+    async with WorkerPool(4, max_calls_per_worker=8) as pool:
+        tools = LocalTools(builtin_registry(), executor=pool)
+        replaced_after: list[int] = []
+        for call in range(1, 33):
+            assert await tools.call(ADD, CallContext()) == 5
+            if pool.replaced > len(replaced_after):
+                replaced_after.append(call)
+
+    # Budgets 8, 6, 4 and 2 calls: the four first retirements are spread over the calls.
+    assert len(replaced_after) >= 4
+    first_four = replaced_after[:4]
+    assert first_four == sorted(set(first_four)), first_four
+    assert first_four[-1] - first_four[0] >= 8, first_four
+
+
 async def test_cancelling_a_call_replaces_its_worker() -> None:
     async with WorkerPool(1) as pool:
         tools = LocalTools(builtin_registry(), executor=pool)

@@ -7,7 +7,11 @@ lends one per call, so at most ``size`` tools run at once and further calls wait
 
 Recycling keeps the limits meaningful: a worker is killed and replaced after a timeout, a
 cancellation, a crash, a memory-limit breach or an oversized result, and retired after
-``max_calls_per_worker`` calls. Replacements start in the background.
+``max_calls_per_worker`` calls. Replacements start in the background. The first workers' budgets
+are staggered (worker ``i`` of ``n`` retires after ``max_calls * (n - i) / n`` calls, its
+successors after ``max_calls``): calls go round the workers in turn, so equal budgets would retire
+every worker within a few calls of each other, and calls would wait for a whole pool of
+interpreters starting at once (a latency spike of about a second on a 2-core machine).
 
 The trade-off against :class:`~agentkit.sandbox.executor.SubprocessSandbox`: calls that share a
 worker share its interpreter, so what a tool leaves behind (module state, threads, a changed
@@ -96,7 +100,8 @@ class WorkerPool:
             return
         self._started = True
         workers = await asyncio.gather(
-            *(self._start_worker() for _ in range(self.size)), return_exceptions=True
+            *(self._start_worker(self._first_budget(index)) for index in range(self.size)),
+            return_exceptions=True,
         )
         failure = next((w for w in workers if isinstance(w, BaseException)), None)
         for worker in workers:
@@ -117,7 +122,7 @@ class WorkerPool:
         except BaseException:
             self._replace(worker)
             raise
-        if reply.get("stage") == "limit" or worker.calls >= self._max_calls:
+        if reply.get("stage") == "limit" or worker.calls >= worker.max_calls:
             self._replace(worker)
         else:
             self._idle.put_nowait(worker)
@@ -144,12 +149,16 @@ class WorkerPool:
         while not self._idle.empty():
             self._idle.get_nowait()
 
-    async def _start_worker(self) -> SandboxProcess:
+    def _first_budget(self, index: int) -> int:
+        """The call budget of the ``index``-th of the first workers (see the module docstring)."""
+        return max(1, self._max_calls * (self.size - index) // self.size)
+
+    async def _start_worker(self, max_calls: int | None = None) -> SandboxProcess:
         worker = await SandboxProcess.start(
             limits=self.config.limits,
             env=self.config.env,
             python=self.config.python,
-            max_calls=self._max_calls,
+            max_calls=max_calls or self._max_calls,
             preload=self._preload,
         )
         self._workers.add(worker)

@@ -72,6 +72,8 @@ class SandboxProcess:
         self._stderr = bytearray()
         self._stderr_reader = asyncio.create_task(self._drain_stderr())
         self.calls = 0
+        self.max_calls = 1
+        """Calls after which the worker process exits by itself (0: never)."""
 
     @classmethod
     async def start(
@@ -97,7 +99,9 @@ class SandboxProcess:
             env=dict(env),
             start_new_session=True,
         )
-        return cls(process, limits)
+        started = cls(process, limits)
+        started.max_calls = max_calls
+        return started
 
     @property
     def pid(self) -> int:
