@@ -51,7 +51,8 @@ async def test_dead_letters_are_listed_and_re_driven(
     first = await _poison_command(jetstream, subjects, b'{"command_type": "submit"}')
     second = await _poison_command(jetstream, subjects, b"second")
     env = {
-        "OPSPAWN_NATS_URL": nats_server.url,
+        # a cluster's list, as OPSPAWN_NATS_URL may give it (here one server named twice)
+        "OPSPAWN_NATS_URL": f"{nats_server.url}, {nats_server.url}",
         "OPSPAWN_SUBJECT_PREFIX": subjects.prefix,
         "OPSPAWN_DATA_DIR": str(tmp_path),
     }

@@ -29,6 +29,7 @@ from opspawn_cli import endpoints, history, replay
 from opspawn_cli.settings import CliSettings
 from opspawn_contracts.dead_letters import DeadLetter, DeadLetterSource
 from opspawn_messaging.dead_letters import DeadLetters
+from opspawn_messaging.settings import nats_servers
 from opspawn_readmodel.checksums import ReadModelChecksums, TableDifferences
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
@@ -130,7 +131,7 @@ async def run(settings: CliSettings, args: argparse.Namespace) -> int:
 async def _nats(settings: CliSettings) -> AsyncIterator[tuple[NatsClient, JetStreamContext]]:
     url = endpoints.nats_url(settings)
     try:
-        client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+        client = await nats.connect(nats_servers(url), connect_timeout=5, max_reconnect_attempts=2)
     except (OSError, nats.errors.Error) as error:
         raise endpoints.EndpointMissing(f"cannot reach NATS at {url}: {error!r}") from error
     try:

@@ -33,6 +33,7 @@ from opspawn_cli.settings import CliSettings
 from opspawn_cli.supervisor import ServiceSpec, SupervisedServer, Supervisor
 from opspawn_contracts.events import DEFAULT_TENANT
 from opspawn_embedded import EmbeddedNats, EmbeddedPostgres
+from opspawn_messaging.settings import nats_servers
 from opspawn_readmodel.api_keys import ApiKeyStore
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
@@ -232,9 +233,7 @@ class LocalSystem:
         deadline = time.monotonic() + timeout
         waiting: set[str] = {"gateway", "scheduler", "agent-runner", "mcp-proxy"}
         subjects = self.settings.subjects
-        # OPSPAWN_NATS_URL may list a cluster's servers, comma-separated, as the services take it.
-        servers = [url.strip() for url in self.nats_url.split(",") if url.strip()]
-        client = await nats.connect(servers, connect_timeout=5)
+        client = await nats.connect(nats_servers(self.nats_url), connect_timeout=5)
         try:
             js = client.jetstream()
             async with httpx.AsyncClient(timeout=2) as http:

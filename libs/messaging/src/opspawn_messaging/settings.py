@@ -59,7 +59,13 @@ class ServiceSettings(BaseSettings):
 
     @property
     def nats_servers(self) -> list[str]:
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return nats_servers(self.nats_url)
+
+
+def nats_servers(nats_url: str) -> list[str]:
+    """The servers ``OPSPAWN_NATS_URL`` names: one URL, or a cluster's, comma-separated (nats-py
+    takes a list, not the comma-separated string)."""
+    return [url.strip() for url in nats_url.split(",") if url.strip()]
 
 
 class SettingsError(SystemExit):
