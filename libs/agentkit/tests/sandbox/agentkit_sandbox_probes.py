@@ -124,5 +124,8 @@ PROBE_TOOLS: dict[str, Tool] = {
         Tool.from_function(read_secret, name="probe.read_secret"),
         Tool.from_function(not_json, name="probe.not_json"),
         Tool.from_function(pid, name="probe.pid"),
+        Tool.from_function(pid, name="probe.inline_pid", inline=True),
+        Tool.from_function(raise_value_error, name="probe.inline_raise_value_error", inline=True),
+        Tool.from_function(not_json, name="probe.inline_not_json", inline=True),
     )
 }

@@ -95,12 +95,30 @@ async def _assert_gone(tool_pid: int, grandchild_pid: int) -> None:
 async def test_builtin_tools_run_in_a_separate_process() -> None:
     from agentkit.tools.builtin import builtin_registry
 
-    tools = LocalTools(builtin_registry())
+    registry = builtin_registry()
+    assert [tool.name for tool in registry.list() if tool.inline] == ["util.noop"]
+    tools = LocalTools(registry)
     assert await _call(tools, "math.add", {"a": 2, "b": 3}) == 5
     assert await _call(tools, "math.divide", {"a": 7, "b": 2}) == 3.5
     with pytest.raises(ToolRaised, match=r"^ZeroDivisionError: division by zero$"):
         await _call(tools, "math.divide", {"a": 7.5, "b": 0})
     assert await _call(tools, "util.noop", {}) is None
+
+
+async def test_an_inline_tool_runs_in_the_callers_process_and_fails_as_a_sandboxed_one_does(
+    probes: LocalTools,
+) -> None:
+    assert await _call(probes, "probe.pid", {}) != os.getpid()
+    assert await _call(probes, "probe.inline_pid", {}) == os.getpid()
+    with pytest.raises(ToolRaised, match=r"^ValueError: the probe refuses$"):
+        await _call(probes, "probe.raise_value_error", {})
+    with pytest.raises(ToolRaised, match=r"^ValueError: the probe refuses$"):
+        await _call(probes, "probe.inline_raise_value_error", {})
+    with pytest.raises(ToolError) as raised:
+        await _call(probes, "probe.inline_not_json", {})
+    assert str(raised.value).startswith(
+        "probe.inline_not_json returned a value that is not JSON: PydanticSerializationError: "
+    )
 
 
 async def test_timeout_kills_the_tool_and_its_children_and_reaps_them(

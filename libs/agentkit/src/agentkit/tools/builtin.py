@@ -7,6 +7,10 @@ cancelled, ``util.noop`` a step that costs nothing itself, so a benchmark of it 
 system around the tool (``benchmarks/end_to_end``). Numbers are JSON numbers: integers stay
 integers (``2 + 3`` is ``5``), booleans and numeric strings are refused, and non-finite values are
 errors rather than invalid JSON.
+
+``util.noop`` is inline (it runs in the caller's process: there is no code to contain); the others
+run in the sandbox like any tool, ``util.sleep`` because only a sandbox can stop it at its
+timeout, the arithmetic because Python's integers make its cost grow with its operands.
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
     Tool.from_function(multiply, name="math.multiply"),
     Tool.from_function(divide, name="math.divide"),
     Tool.from_function(sleep, name="util.sleep"),
-    Tool.from_function(noop, name="util.noop"),
+    Tool.from_function(noop, name="util.noop", inline=True),
 )
 
 

@@ -15,7 +15,8 @@ class LocalTools:
     """A :class:`~agentkit.interfaces.ToolManager` over ``registry``.
 
     Arguments are validated here, before any process starts, so a bad call costs nothing and says
-    which field is wrong; results are checked against the tool's output type.
+    which field is wrong; results are checked against the tool's output type. An inline tool
+    (:attr:`~agentkit.tools.registry.Tool.inline`) runs here and never reaches the executor.
     """
 
     def __init__(
@@ -39,6 +40,8 @@ class LocalTools:
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         tool = self.registry.get(call.tool)
         arguments = tool.validate_arguments(call.arguments)
+        if tool.inline:
+            return tool.run_inline(arguments)
         job = ToolJob(
             tool=tool.name,
             function_ref=tool.function_ref,

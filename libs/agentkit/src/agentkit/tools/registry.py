@@ -5,6 +5,13 @@ sees comes from it) and returning a JSON-compatible value (its output type, also
 run in a sandbox process, which imports the function by reference, so a tool function must be a
 module-level name: :meth:`Tool.from_function` checks that when the tool is defined rather than
 when it is first called.
+
+The one exception is an *inline* tool (``inline=True``): it runs on the caller's event loop. The
+sandbox exists to contain code that may hang, eat memory, crash its interpreter or look around the
+machine; a tool that is part of the runner's own code and does a fixed, tiny amount of work
+whatever its arguments (``util.noop``) can do none of that, and sending it to another process
+would cost more than everything else in its step. Nothing can interrupt an inline tool, so a tool
+whose work grows with its input, or that waits, sleeps or does I/O, is never inline.
 """
 
 from __future__ import annotations
@@ -17,8 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from agentkit.errors import InvalidArguments, ToolError, UnknownTool, describe_validation_error
+from agentkit.errors import (
+    InvalidArguments,
+    ToolError,
+    ToolRaised,
+    UnknownTool,
+    describe_validation_error,
+)
 from agentkit.interfaces import ToolSpec, split_tool_name
 
 
@@ -39,6 +53,8 @@ class Tool:
     input_model: type[BaseModel]
     function: Callable[[Any], Any]
     output_type: Any = Any
+    inline: bool = False
+    """Run on the caller's event loop instead of in a sandbox process (see the module's doc)."""
     _output: TypeAdapter[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,7 +65,12 @@ class Tool:
 
     @classmethod
     def from_function(
-        cls, function: Callable[[Any], Any], *, name: str, description: str | None = None
+        cls,
+        function: Callable[[Any], Any],
+        *,
+        name: str,
+        description: str | None = None,
+        inline: bool = False,
     ) -> Tool:
         """Make a tool of ``def f(args: SomeModel) -> Output``; the docstring describes it."""
         hints = typing.get_type_hints(function)
@@ -66,6 +87,7 @@ class Tool:
             input_model=input_model,
             function=function,
             output_type=hints.get("return", Any),
+            inline=inline,
         )
 
     @property
@@ -100,6 +122,23 @@ class Tool:
             ) from error
         dumped: dict[str, JsonValue] = model.model_dump(mode="json")
         return dumped
+
+    def run_inline(self, arguments: dict[str, JsonValue]) -> JsonValue:
+        """Call the function here, on already validated ``arguments``; what it raises becomes
+        :class:`~agentkit.errors.ToolRaised`, as from a sandbox."""
+        if not self.inline:
+            raise ToolError(f"{self.name} is not an inline tool: it runs in a sandbox")
+        try:
+            result = self.function(self.input_model.model_validate(arguments))
+        except Exception as error:  # whatever the tool raises is its reported outcome
+            raise ToolRaised(type(error).__name__, str(error)) from error
+        try:
+            encoded: JsonValue = to_jsonable_python(result)
+        except PydanticSerializationError as error:
+            raise ToolError(
+                f"{self.name} returned a value that is not JSON: {type(error).__name__}: {error}"
+            ) from error
+        return self.validate_result(encoded)
 
     def validate_result(self, result: JsonValue) -> JsonValue:
         try:
