@@ -33,7 +33,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.event_log import EventLog, StoredEvent
-from opspawn_messaging.streams import unsettled_messages
+from opspawn_messaging.streams import unsettled_runner_work
 from tests.conftest import SystemSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -164,10 +164,7 @@ async def test_cancelling_a_running_task_stops_its_runner_mid_call(
     assert (task["status"], task["error_message"]) == ("cancelled", "no longer needed")
 
     async def work_acknowledged() -> bool:
-        return (
-            await unsettled_messages(jetstream, subjects.work_stream, subjects.runner_work_consumer)
-            == 0
-        )
+        return await unsettled_runner_work(jetstream, subjects) == 0
 
     await _eventually(work_acknowledged, "the runner to give up the cancelled task", timeout=10)
     assert time.monotonic() - cancelled_at < 10

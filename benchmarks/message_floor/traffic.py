@@ -2,18 +2,21 @@
 
 Every Opspawn task moves the same messages through NATS, whatever the code around them does.
 Today's path (``--path lean``): the gateway sends the submission as a request; the scheduler
-appends TaskSubmitted (expecting the task's history to be empty), queues a work item and answers;
-a runner pulls the work item, appends its journal of a one-step task one event after another
-(TaskStarted carrying the step's intent, TaskCompleted carrying its outcomes, each expecting the
-previous one's sequence) and acks it (the work stream keeps acked items, so the ack writes
-nothing); the projection reads all three events. Four fsynced messages a task.
+appends TaskSubmitted (expecting the task's history to be empty) and answers; a runner takes the
+TaskSubmitted itself from the events stream through the runners' durable consumer, appends its
+journal of a one-step task one event after another (TaskStarted carrying the step's intent,
+TaskCompleted carrying its outcomes, each expecting the previous one's sequence) and acks it (an
+ack on a limits stream writes nothing); the projection reads all three events. Three fsynced
+messages a task.
 
 The paths before it, run in the same process tree as the baselines the report compares with:
 ``v1`` is the traffic issue 14 measured (the gateway stores a command that the scheduler pulls
 and acks, the work stream is a work queue whose ack deletes the item, and the runner appends five
 events: TaskStarted, ToolCallRequested, ToolCallCompleted, AgentStepCompleted, TaskCompleted);
 ``v2`` the same with the journal of TaskStarted v2 (TaskStarted with the intent, StepCompleted,
-TaskCompleted).
+TaskCompleted); ``v3`` the submission as a request and that two-event journal, but with a work
+item the scheduler queues (and waits for) before it answers, which the runner pulls from the work
+stream (four fsynced messages a task).
 
 The benchmark sends exactly that traffic, with the real streams, consumers, subjects and headers
 (:mod:`opspawn_contracts`) and payloads of a real event's size, from three processes standing in
@@ -61,6 +64,7 @@ PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""
 JOURNALS: dict[str, tuple[str, ...]] = {
     "lean": ("TaskStarted", "TaskCompleted"),
+    "v3": ("TaskStarted", "TaskCompleted"),
     "v2": ("TaskStarted", "StepCompleted", "TaskCompleted"),
     "v1": ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
            "TaskCompleted"),
@@ -68,6 +72,8 @@ JOURNALS: dict[str, tuple[str, ...]] = {
 """The events a runner appends for a one-step task, by path."""
 PATHS = tuple(JOURNALS)
 BASELINE = "v1"
+REQUESTS = ("lean", "v3")
+"""The paths on which a submission is a request the scheduler answers (not a stored command)."""
 RUNNER_CONCURRENCY = 8
 CLIENTS = 32
 
@@ -90,8 +96,9 @@ async def _append(
 
 
 async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: Connection) -> None:
-    """Submissions in, TaskSubmitted + work item out; and the projection's read of every event.
-    ``lean`` answers requests; the older paths pull stored commands and ack them."""
+    """Submissions in, TaskSubmitted (+ a work item before ``lean``) out; and the projection's
+    read of every event. ``lean`` and ``v3`` answer requests; the older paths pull stored
+    commands and ack them."""
     client = await nats.connect(url)
     js = client.jetstream()
     completed = 0
@@ -110,6 +117,8 @@ async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: 
 
     async def submit(task_id: uuid.UUID) -> None:
         submitted_at = await _append(js, subjects, task_id, "TaskSubmitted", 0)
+        if path == "lean":
+            return  # the TaskSubmitted is the runner's work
         await js.publish(
             subjects.work("agent_run"),
             task_id.bytes + submitted_at.to_bytes(8, "big") + PAYLOAD,
@@ -146,7 +155,7 @@ async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: 
                 continue
             await asyncio.gather(*(decide(message) for message in batch))
 
-    if path == "lean":
+    if path in REQUESTS:
         await client.subscribe(
             subjects.submit_requests, queue=subjects.scheduler_queue_group, cb=on_request
         )
@@ -164,21 +173,32 @@ async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: 
 async def _runner(
     url: str, subjects: Subjects, path: str, stop_after: float, ready: Connection
 ) -> None:
-    """Work items in; the journal's chained appends and an ack per item, eight at a time."""
+    """Work in (TaskSubmitted events on ``lean``, work items before); the journal's chained
+    appends and an ack per task, eight at a time."""
     client = await nats.connect(url)
     js = client.jetstream()
-    work = await js.pull_subscribe(
-        subjects.all_work,
-        durable=subjects.runner_work_consumer,
-        stream=subjects.work_stream,
-        config=runner_work_consumer(subjects),
-    )
+    if path == "lean":
+        work = await js.pull_subscribe(
+            subjects.events_of_type("TaskSubmitted"),
+            durable=subjects.runner_submitted_consumer,
+            stream=subjects.events_stream,
+        )
+    else:
+        work = await js.pull_subscribe(
+            subjects.all_work,
+            durable=subjects.runner_work_consumer,
+            stream=subjects.work_stream,
+            config=runner_work_consumer(subjects),
+        )
     running: set[asyncio.Task[None]] = set()
 
     async def attempt(message: Msg) -> None:
-        # The work item says where the task's history ended (the real one: after_sequence).
-        task_id = uuid.UUID(bytes=message.data[:16])
-        after = int.from_bytes(message.data[16:24], "big")
+        if path == "lean":  # the history ends at the TaskSubmitted itself
+            task_id = subjects.task_id_of(message.subject)
+            after = message.metadata.sequence.stream
+        else:  # the work item says where it ended (the real one: after_sequence)
+            task_id = uuid.UUID(bytes=message.data[:16])
+            after = int.from_bytes(message.data[16:24], "big")
         for kind in JOURNALS[path]:
             after = await _append(js, subjects, task_id, kind, after)
         await message.ack()
@@ -214,7 +234,7 @@ async def _gateway(url: str, subjects: Subjects, path: str, tasks: int, ready: C
         while remaining > 0:
             remaining -= 1
             submission = str(uuid.uuid4()).encode() + PAYLOAD
-            if path == "lean":
+            if path in REQUESTS:
                 await client.request(subjects.submit_requests, submission, timeout=30)
             else:
                 await js.publish(
@@ -258,11 +278,15 @@ def _cpu(process: psutil.Process) -> float:
 
 
 async def _prepare(url: str, subjects: Subjects, path: str) -> None:
-    """The streams as the path had them: the older paths' work stream was a work queue."""
+    """The streams as the path had them: the runners' TaskSubmitted consumer only on ``lean``
+    (idle, it would still cost the server some work per event), the older paths' work stream a
+    work queue."""
     client = await nats.connect(url)
     js = client.jetstream()
     await ensure_streams(js, subjects)
     if path != "lean":
+        await js.delete_consumer(subjects.events_stream, subjects.runner_submitted_consumer)
+    if path not in REQUESTS:
         [work] = [c for c in stream_configs(subjects) if c.name == subjects.work_stream]
         await js.delete_stream(subjects.work_stream)
         work.retention, work.max_age = RetentionPolicy.WORK_QUEUE, None

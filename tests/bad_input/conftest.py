@@ -258,6 +258,7 @@ class StreamProbe:
         consumers = (
             (self.subjects.commands_stream, self.subjects.scheduler_commands_consumer),
             (self.subjects.events_stream, self.subjects.scheduler_decisions_consumer),
+            (self.subjects.events_stream, self.subjects.runner_submitted_consumer),
             (self.subjects.work_stream, self.subjects.runner_work_consumer),
         )
 

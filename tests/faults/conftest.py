@@ -61,7 +61,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.stream_reading import read_stream
-from opspawn_messaging.streams import unsettled_messages
+from opspawn_messaging.streams import unsettled_runner_work
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
 from tests.conftest import SystemSettings
@@ -276,20 +276,24 @@ class FaultRun:
 
     # --- load --------------------------------------------------------------------------------
 
+    def _runner_consumers(self) -> list[tuple[str, str]]:
+        return [
+            (self.subjects.events_stream, self.subjects.runner_submitted_consumer),
+            (self.subjects.work_stream, self.subjects.runner_work_consumer),
+        ]
+
     async def pause_runners(self) -> None:
         until = datetime.now(UTC) + timedelta(minutes=10)
-        paused = await self.js.pause_consumer(
-            self.subjects.work_stream,
-            self.subjects.runner_work_consumer,
-            until.isoformat().replace("+00:00", "Z"),
-        )
-        assert paused.paused, paused
+        for stream, consumer in self._runner_consumers():
+            paused = await self.js.pause_consumer(
+                stream, consumer, until.isoformat().replace("+00:00", "Z")
+            )
+            assert paused.paused, paused
 
     async def resume_runners(self) -> None:
-        resumed = await self.js.resume_consumer(
-            self.subjects.work_stream, self.subjects.runner_work_consumer
-        )
-        assert not resumed.paused, resumed
+        for stream, consumer in self._runner_consumers():
+            resumed = await self.js.resume_consumer(stream, consumer)
+            assert not resumed.paused, resumed
 
     async def submit(self, count: int, *, sleep_seconds: float = 0) -> None:
         """Submit ``count`` tasks with :data:`SUBMIT_CONCURRENCY` clients; returns once every
@@ -488,13 +492,11 @@ class FaultRun:
             for task_id in ids
             if task_id not in audit.terminal
         }
-        work = await unsettled_messages(
-            self.js, self.subjects.work_stream, self.subjects.runner_work_consumer
-        )
+        work = await unsettled_runner_work(self.js, self.subjects)
         pytest.fail(
             f"{self.name}: {done} of {len(ids)} tasks terminal in the read model "
             f"{TERMINAL_BOUND_SECONDS:.0f} s after the fault; {len(open_tasks)} have no terminal "
-            f"event in the stream, and {work} work items are not acknowledged. Open tasks "
+            f"event in the stream, and {work} task attempts are not acknowledged. Open tasks "
             f"and their events: {dict(list(open_tasks.items())[:10])}"
         )
 

@@ -200,8 +200,10 @@ SUBJECTS_LEFT_OUT = {
     "scheduler_queue_group": "a queue group name, not a subject",
     "scheduler_decisions_consumer": "a durable consumer name",
     "runner_work_consumer": "a durable consumer name",
+    "runner_submitted_consumer": "a durable consumer name",
     "mcp_proxy_queue_group": "a queue group name",
     "work_max_deliveries_advisory": "JetStream's own advisory, in JetStream's format",
+    "submitted_max_deliveries_advisory": "JetStream's own advisory, in JetStream's format",
 }
 """Members of :class:`Subjects` that name no channel of their own, and why."""
 

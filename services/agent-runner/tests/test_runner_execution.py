@@ -1,7 +1,7 @@
 """A task assignment through the runner to its events, on a real nats-server.
 
-Each test starts the runner in-process (``app.run`` with a stop event), puts a TaskAssignment on
-the work queue the way the scheduler does (after appending TaskSubmitted), and reads the task's
+Each test starts the runner in-process (``app.run`` with a stop event), appends a TaskSubmitted
+the way the scheduler does (a task's first attempt is its TaskSubmitted), and reads the task's
 history back from the events stream.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -32,10 +32,9 @@ from opspawn_contracts.events import (
     TaskSubmittedData,
 )
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
-from opspawn_messaging.streams import unsettled_messages
+from opspawn_messaging.streams import unsettled_runner_work
 
 pytestmark = pytest.mark.integration
 
@@ -84,37 +83,16 @@ async def runner(
 
 
 async def submit(
-    js: JetStreamContext,
-    subjects: Subjects,
-    input_data: dict[str, JsonValue],
-    *,
-    after_sequence: Callable[[int], int | None] = lambda _: None,
+    js: JetStreamContext, subjects: Subjects, input_data: dict[str, JsonValue]
 ) -> tuple[UUID, TaskSubmitted]:
-    """Do what the scheduler does: TaskSubmitted, then the assignment on the work queue.
-
-    ``after_sequence`` maps TaskSubmitted's stream sequence to the assignment's
-    ``after_sequence`` (the scheduler sets it to that sequence; by default it is left out)."""
+    """Do what the scheduler does: append TaskSubmitted, which is the first attempt's work."""
     task_id = uuid4()
     submitted = TaskSubmitted(
         task_id=task_id,
         correlation_id=uuid4(),
         data=TaskSubmittedData(task_type="agent_run", input_data=input_data),
     )
-    sequence = await EventLog(js, subjects).append(submitted, expected_version=0)
-    assignment = TaskAssignment(
-        task_id=task_id,
-        task_type="agent_run",
-        input_data=input_data,
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-        after_sequence=after_sequence(sequence),
-    )
-    await js.publish(
-        subjects.work("agent_run"),
-        assignment.model_dump_json().encode(),
-        stream=subjects.work_stream,
-        headers={"Nats-Msg-Id": assignment.msg_id()},
-    )
+    await EventLog(js, subjects).append(submitted, expected_version=0)
     return task_id, submitted
 
 
@@ -234,22 +212,12 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
     assert_one_chain(history, submitted)
 
 
-@pytest.mark.parametrize(
-    "after_sequence",
-    [lambda sequence: sequence, lambda sequence: sequence + 1000],
-    ids=["where-the-history-ends", "stale"],
-)
-async def test_a_work_item_knowing_where_the_history_ended_runs_once(
-    runner: RunnerSettings,
-    jetstream: JetStreamContext,
-    subjects: Subjects,
-    after_sequence: Callable[[int], int],
+async def test_a_first_attempt_claims_right_after_its_task_submitted_and_runs_once(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
-    """The runner starts at the item's ``after_sequence`` without reading the history; an item
-    whose sequence does not match the history falls back to reading it and still runs once."""
-    task_id, submitted = await submit(
-        jetstream, subjects, {"plan": [ADD]}, after_sequence=after_sequence
-    )
+    """No work item is stored for a first attempt: the runner takes the TaskSubmitted itself and
+    claims at its sequence, without reading the history first."""
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [ADD]})
 
     history = await finished_history(jetstream, subjects, task_id)
 
@@ -260,16 +228,15 @@ async def test_a_work_item_knowing_where_the_history_ended_runs_once(
     ]
     assert history[1].sequence > history[0].sequence
     assert_one_chain(history, submitted)
+    assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
 
 
-async def test_a_work_item_for_a_task_cancelled_since_it_was_queued_does_not_run(
+async def test_a_task_cancelled_before_a_runner_took_it_does_not_run(
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
-    """The item's ``after_sequence`` no longer matches (TaskCancelled came after it); the runner
-    reads the history, finds the task finished and acknowledges the item without running it."""
-    task_id, submitted = await submit(
-        jetstream, subjects, {"plan": [ADD]}, after_sequence=lambda sequence: sequence
-    )
+    """The history no longer ends at the TaskSubmitted (TaskCancelled came after it); the runner
+    reads the history, finds the task finished and acknowledges its work without running it."""
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [ADD]})
     cancelled = TaskCancelled(
         task_id=task_id,
         correlation_id=submitted.correlation_id,
@@ -289,7 +256,7 @@ async def test_a_work_item_for_a_task_cancelled_since_it_was_queued_does_not_run
             service.result()
         return await _unsettled_work(jetstream, subjects) == 0
 
-    await _eventually(acked, "the work message to be acknowledged")
+    await _eventually(acked, "the TaskSubmitted to be acknowledged")
     stop.set()
     await asyncio.wait_for(service, timeout=15)
     assert [stored.event.event_type for stored in await log.task_history(task_id)] == [
@@ -440,4 +407,4 @@ async def test_an_invalid_work_message_is_terminated_and_the_runner_goes_on(
 
 
 async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
-    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)
+    return await unsettled_runner_work(js, subjects)

@@ -11,13 +11,11 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
 from pydantic import JsonValue
 from sqlalchemy import text
 
@@ -38,12 +36,12 @@ from opspawn_contracts.events import (
     ToolCallOutcome,
     utc_now,
 )
-from opspawn_contracts.streams import runner_work_consumer
+from opspawn_contracts.streams import runner_submitted_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
-from opspawn_messaging.streams import unsettled_messages
+from opspawn_messaging.streams import unsettled_runner_work
 from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.projector import Delivered, TaskProjector
 
@@ -59,12 +57,29 @@ async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: f
     return value
 
 
-def _settings(nats: EmbeddedNats, subjects: Subjects, runner_id: str) -> RunnerSettings:
-    return RunnerSettings(nats_url=nats.url, subject_prefix=subjects.prefix, runner_id=runner_id)
+SHORT_ACK_WAIT = 1.0
 
 
-def _short_ack_wait(subjects: Subjects) -> ConsumerConfig:
-    return dataclasses.replace(runner_work_consumer(subjects), ack_wait=1.0)
+def _settings(
+    nats: EmbeddedNats, subjects: Subjects, runner_id: str, **values: Any
+) -> RunnerSettings:
+    return RunnerSettings(
+        nats_url=nats.url, subject_prefix=subjects.prefix, runner_id=runner_id, **values
+    )
+
+
+async def _crashing_runner(
+    js: JetStreamContext, subjects: Subjects
+) -> JetStreamContext.PullSubscription:
+    """A runner of its own on the consumer of TaskSubmitted, which will take a task and stop
+    heart-beating (its ``ack_wait`` shortened, as a runner's setting would)."""
+    config = dataclasses.replace(runner_submitted_consumer(subjects), ack_wait=SHORT_ACK_WAIT)
+    await js.add_consumer(subjects.events_stream, config)
+    return await js.pull_subscribe(
+        subjects.events_of_type("TaskSubmitted"),
+        durable=config.durable_name,
+        stream=subjects.events_stream,
+    )
 
 
 async def _submit(
@@ -75,31 +90,15 @@ async def _submit(
     options: TaskOptions | None = None,
     timeout_seconds: float | None = None,
 ) -> TaskAssignment:
+    """Append TaskSubmitted, as the scheduler does (the first attempt's work); that attempt."""
     options = options or TaskOptions(timeout_seconds=timeout_seconds)
     submitted = TaskSubmitted(
         task_id=uuid4(),
         correlation_id=uuid4(),
         data=TaskSubmittedData(task_type="agent_run", input_data={"plan": plan}, options=options),
     )
-    await EventLog(js, subjects).append(submitted, expected_version=0)
-    assignment = TaskAssignment(
-        task_id=submitted.task_id,
-        task_type="agent_run",
-        input_data={"plan": plan},
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-        options=options,
-        deadline_at=None
-        if options.timeout_seconds is None
-        else submitted.occurred_at + timedelta(seconds=options.timeout_seconds),
-    )
-    await js.publish(
-        subjects.work("agent_run"),
-        assignment.model_dump_json().encode(),
-        stream=subjects.work_stream,
-        headers={"Nats-Msg-Id": assignment.msg_id()},
-    )
-    return assignment
+    sequence = await EventLog(js, subjects).append(submitted, expected_version=0)
+    return TaskAssignment.first_attempt(submitted, sequence=sequence)
 
 
 async def _history_with(
@@ -137,10 +136,7 @@ def _sleep(seconds: float) -> list[JsonValue]:
 async def test_a_runner_takes_over_the_attempt_of_a_runner_that_stopped_heart_beating(
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
-    config = _short_ack_wait(subjects)
-    crashed = await jetstream.pull_subscribe(
-        subjects.all_work, durable=config.durable_name, stream=subjects.work_stream, config=config
-    )
+    crashed = await _crashing_runner(jetstream, subjects)
     assignment = await _submit(
         jetstream, subjects, [{"tool": "math.add", "args": {"a": 1, "b": 2}}]
     )
@@ -155,7 +151,9 @@ async def test_a_runner_takes_over_the_attempt_of_a_runner_that_stopped_heart_be
         )
     )
 
-    async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
         history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
         await _work_acked(jetstream, subjects)
     await crashed.unsubscribe()
@@ -176,10 +174,7 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
     subjects: Subjects,
     database_url: str,
 ) -> None:
-    config = _short_ack_wait(subjects)
-    slow = await jetstream.pull_subscribe(
-        subjects.all_work, durable=config.durable_name, stream=subjects.work_stream, config=config
-    )
+    slow = await _crashing_runner(jetstream, subjects)
     assignment = await _submit(jetstream, subjects, _sleep(1.5))
     await slow.fetch(1, timeout=5)
     log = EventLog(jetstream, subjects)
@@ -188,7 +183,9 @@ async def test_a_slow_runner_presumed_dead_is_recorded_as_superseded_and_changes
     started = TaskStarted(**chain.envelope(), data=TaskStartedData(attempt=1, runner_id="slow"))
     await chain.append(started)
 
-    async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
         await _history_with(
             jetstream, subjects, assignment.task_id, lambda types: types.count("TaskStarted") == 2
         )
@@ -361,7 +358,7 @@ async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over
         )
     )
     async with running(
-        _settings(nats_server, subjects, "runner-a"), consumer_config=_short_ack_wait(subjects)
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
     ):
         history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
         await _work_acked(jetstream, subjects)
@@ -375,4 +372,4 @@ async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over
 
 
 async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
-    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)
+    return await unsettled_runner_work(js, subjects)

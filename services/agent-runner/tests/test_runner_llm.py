@@ -38,7 +38,6 @@ from opspawn_contracts.events import (
     TaskSubmittedData,
 )
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
 
@@ -75,7 +74,7 @@ async def submit(
     input_data: dict[str, JsonValue],
     options: TaskOptions | None = None,
 ) -> UUID:
-    """What the scheduler does: TaskSubmitted, then the assignment on the work queue."""
+    """What the scheduler does: append TaskSubmitted, which is the first attempt's work."""
     task_id, options = uuid4(), options or TaskOptions()
     submitted = TaskSubmitted(
         task_id=task_id,
@@ -83,20 +82,6 @@ async def submit(
         data=TaskSubmittedData(task_type="agent_run", input_data=input_data, options=options),
     )
     await EventLog(js, subjects).append(submitted, expected_version=0)
-    assignment = TaskAssignment(
-        task_id=task_id,
-        task_type="agent_run",
-        input_data=input_data,
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-        options=options,
-    )
-    await js.publish(
-        subjects.work("agent_run"),
-        assignment.model_dump_json().encode(),
-        stream=subjects.work_stream,
-        headers={"Nats-Msg-Id": assignment.msg_id()},
-    )
     return task_id
 
 

@@ -15,7 +15,6 @@ from uuid import UUID, uuid4
 
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
 from pydantic import JsonValue
 
 from agent_runner.app import running
@@ -30,12 +29,12 @@ from opspawn_contracts.events import (
     TaskSubmitted,
     TaskSubmittedData,
 )
-from opspawn_contracts.streams import runner_work_consumer
+from opspawn_contracts.streams import runner_submitted_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
-from opspawn_messaging.streams import unsettled_messages
+from opspawn_messaging.streams import unsettled_runner_work
 
 pytestmark = pytest.mark.integration
 
@@ -57,33 +56,20 @@ def _settings(
     )
 
 
-def _short_ack_wait(subjects: Subjects) -> ConsumerConfig:
-    return dataclasses.replace(runner_work_consumer(subjects), ack_wait=1.0)
+SHORT_ACK_WAIT = 1.0
 
 
 async def _submit(
     js: JetStreamContext, subjects: Subjects, plan: list[JsonValue]
 ) -> tuple[UUID, TaskAssignment]:
+    """Append TaskSubmitted, as the scheduler does: the first attempt's work; and that attempt."""
     submitted = TaskSubmitted(
         task_id=uuid4(),
         correlation_id=uuid4(),
         data=TaskSubmittedData(task_type="agent_run", input_data={"plan": plan}),
     )
-    await EventLog(js, subjects).append(submitted, expected_version=0)
-    assignment = TaskAssignment(
-        task_id=submitted.task_id,
-        task_type="agent_run",
-        input_data={"plan": plan},
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-    )
-    await js.publish(
-        subjects.work("agent_run"),
-        assignment.model_dump_json().encode(),
-        stream=subjects.work_stream,
-        headers={"Nats-Msg-Id": assignment.msg_id()},
-    )
-    return submitted.task_id, assignment
+    sequence = await EventLog(js, subjects).append(submitted, expected_version=0)
+    return submitted.task_id, TaskAssignment.first_attempt(submitted, sequence=sequence)
 
 
 async def _history_with(
@@ -118,14 +104,15 @@ async def test_heartbeats_keep_a_long_task_from_being_redelivered(
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
     """The task outlives ack_wait (1 s) more than twice; only heartbeats keep it delivered once."""
-    settings = _settings(nats_server, subjects, "runner-a")
-    async with running(settings, consumer_config=_short_ack_wait(subjects)):
+    settings = _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    async with running(settings):
         task_id, _ = await _submit(jetstream, subjects, _sleep_plan(2.5))
         history = await _history_with(jetstream, subjects, task_id, _finished)
         await _work_acked(jetstream, subjects)
     assert [stored.event.event_type for stored in history].count("TaskStarted") == 1
     assert history[-1].event.event_type == "TaskCompleted"
-    info = await jetstream.consumer_info(subjects.work_stream, subjects.runner_work_consumer)
+    info = await jetstream.consumer_info(subjects.events_stream, subjects.runner_submitted_consumer)
+    assert info.config.ack_wait == SHORT_ACK_WAIT
     assert info.num_redelivered == 0
 
 
@@ -190,9 +177,12 @@ async def test_a_redelivered_attempt_that_already_finished_is_acked_without_runn
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
     """As if a runner stored TaskCompleted and died before acking: the redelivery is dropped."""
-    config = _short_ack_wait(subjects)
+    config = dataclasses.replace(runner_submitted_consumer(subjects), ack_wait=SHORT_ACK_WAIT)
+    await jetstream.add_consumer(subjects.events_stream, config)
     crashed_runner = await jetstream.pull_subscribe(
-        subjects.all_work, durable=config.durable_name, stream=subjects.work_stream, config=config
+        subjects.events_of_type("TaskSubmitted"),
+        durable=config.durable_name,
+        stream=subjects.events_stream,
     )
     task_id, assignment = await _submit(jetstream, subjects, _sleep_plan(0))
     (message,) = await crashed_runner.fetch(1, timeout=5)
@@ -212,7 +202,8 @@ async def test_a_redelivered_attempt_that_already_finished_is_acked_without_runn
             data=TaskCompletedData(attempt=1, output_data={"steps": [], "result": None}),
         )
     )
-    async with running(_settings(nats_server, subjects, "runner-a"), consumer_config=config):
+    runner = _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    async with running(runner):
         await _work_acked(jetstream, subjects)
     await crashed_runner.unsubscribe()
     history = await log.task_history(task_id)
@@ -228,8 +219,8 @@ async def test_a_runner_stops_writing_when_another_writer_appends_to_its_task(
     nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
     """The runner leaves the message alone; as the intruder never finishes, it is run again."""
-    settings = _settings(nats_server, subjects, "runner-a")
-    async with running(settings, consumer_config=_short_ack_wait(subjects)):
+    settings = _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    async with running(settings):
         task_id, assignment = await _submit(jetstream, subjects, _sleep_plan(1))
         await _history_with(jetstream, subjects, task_id, lambda types: "TaskStarted" in types)
         intruder = TaskStarted(
@@ -253,4 +244,4 @@ async def test_a_runner_stops_writing_when_another_writer_appends_to_its_task(
 
 
 async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
-    return await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)
+    return await unsettled_runner_work(js, subjects)

@@ -30,6 +30,7 @@ from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskStatus
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.streams import unsettled_messages
 from opspawn_readmodel.queries import ReadModel
 from scheduler.app import run, running
 from scheduler.settings import SchedulerSettings
@@ -64,8 +65,11 @@ async def test_a_submitted_command_becomes_a_pending_task_in_the_read_model(
         "agent_run",
         {"goal": "x"},
     )
-    work = await jetstream.stream_info(subjects.work_stream)
-    assert work.state.messages == 1
+    owed = await unsettled_messages(
+        jetstream, subjects.events_stream, subjects.runner_submitted_consumer
+    )
+    assert owed == 1, "the TaskSubmitted is the runners' work"
+    assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
 
 
 async def test_the_projection_resumes_from_its_checkpoint_after_a_restart(

@@ -1,4 +1,4 @@
-"""Commands in, one TaskSubmitted and one work item out, however often a command arrives."""
+"""Commands in, one TaskSubmitted out (also the first attempt's work), however often they come."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from opspawn_contracts.events import (
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.work import TaskAssignment
-from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.event_log import EventLog, read_event
+from opspawn_messaging.streams import unsettled_messages
 
 SendCommand = Callable[..., Awaitable[int]]
 WaitSettled = Callable[..., Awaitable[None]]
@@ -39,22 +40,29 @@ def _submit_command(**overrides: Any) -> SubmitTask:
     return SubmitTask(**(fields | overrides))
 
 
-async def _queued(js: JetStreamContext, subjects: Subjects) -> list[tuple[str, TaskAssignment]]:
-    """Every work item on the queue: its Nats-Msg-Id and the assignment."""
-    info = await js.stream_info(subjects.work_stream)
-    items: list[tuple[str, TaskAssignment]] = []
-    if info.state.messages == 0:
-        return items
-    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
-        stored = await js.get_msg(subjects.work_stream, seq=sequence)
-        assert stored.data is not None
-        msg_id = (stored.headers or {}).get("Nats-Msg-Id", "")
-        items.append((msg_id, TaskAssignment.model_validate_json(stored.data)))
-    assert len(items) == info.state.messages
-    return items
+async def _first_attempts(js: JetStreamContext, subjects: Subjects) -> list[TaskAssignment]:
+    """The first attempts owed to the runners, as a runner reads them: every TaskSubmitted, each
+    unsettled on the runners' consumer. No work item is stored for them."""
+    assert (await js.stream_info(subjects.work_stream)).state.messages == 0
+    submitted = subjects.events_of_type("TaskSubmitted")
+    info = await js.stream_info(subjects.events_stream, subjects_filter=submitted)
+    count = sum((info.state.subjects or {}).values())
+    owed = await unsettled_messages(js, subjects.events_stream, subjects.runner_submitted_consumer)
+    assert owed == count
+    found: list[TaskAssignment] = []
+    if count == 0:
+        return found
+    reader = await js.subscribe(submitted, stream=subjects.events_stream, ordered_consumer=True)
+    for _ in range(count):
+        message = await reader.next_msg(timeout=5)
+        event = read_event(subjects, message.subject, message.data)
+        assert isinstance(event, TaskSubmitted)
+        found.append(TaskAssignment.first_attempt(event, sequence=message.metadata.sequence.stream))
+    await reader.unsubscribe()
+    return found
 
 
-async def test_submit_stores_task_submitted_and_queues_the_first_attempt(
+async def test_submit_stores_task_submitted_which_is_the_first_attempts_work(
     jetstream: JetStreamContext,
     subjects: Subjects,
     send_command: SendCommand,
@@ -71,9 +79,9 @@ async def test_submit_stores_task_submitted_and_queues_the_first_attempt(
     assert submitted.correlation_id == command.correlation_id
     assert submitted.causation_id == command.command_id
     assert submitted.data == TaskSubmittedData(
-        task_type=command.task_type, input_data=command.input_data
+        task_type=command.task_type, input_data=command.input_data, attempts_allowed=1
     )
-    [(msg_id, assignment)] = await _queued(jetstream, subjects)
+    [assignment] = await _first_attempts(jetstream, subjects)
     assert assignment == TaskAssignment(
         task_id=command.task_id,
         task_type=command.task_type,
@@ -84,12 +92,27 @@ async def test_submit_stores_task_submitted_and_queues_the_first_attempt(
         options=TaskOptions(max_attempts=1),
         after_sequence=history[0].sequence,
     )
-    assert msg_id == assignment.msg_id()
-    work = await jetstream.stream_info(subjects.work_stream, subjects_filter=subjects.all_work)
-    assert work.state.subjects == {subjects.work(command.task_type): 1}
 
 
-async def test_a_redelivered_command_adds_no_second_event_nor_assignment(
+async def test_the_attempts_a_task_gets_are_fixed_at_submission(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    send_command: SendCommand,
+    commands_settled: WaitSettled,
+) -> None:
+    """The client's ``max_attempts`` where it chose one, else the scheduler's default (1 here)."""
+    chosen = _submit_command(options=TaskOptions(max_attempts=3))
+    default = _submit_command()
+    await commands_settled(await send_command(chosen))
+    await commands_settled(await send_command(default))
+
+    attempts = {
+        a.task_id: a.options.max_attempts for a in await _first_attempts(jetstream, subjects)
+    }
+    assert attempts == {chosen.task_id: 3, default.task_id: 1}
+
+
+async def test_a_redelivered_command_adds_no_second_event(
     jetstream: JetStreamContext,
     subjects: Subjects,
     send_command: SendCommand,
@@ -105,16 +128,17 @@ async def test_a_redelivered_command_adds_no_second_event_nor_assignment(
     assert again == 2
     history = await EventLog(jetstream, subjects).task_history(command.task_id)
     assert [stored.event.event_type for stored in history] == ["TaskSubmitted"]
-    assert len(await _queued(jetstream, subjects)) == 1
+    assert len(await _first_attempts(jetstream, subjects)) == 1
 
 
-async def test_after_a_crash_between_append_and_queue_the_stored_event_is_queued(
+async def test_a_redelivery_after_its_event_was_stored_stores_nothing_more(
     jetstream: JetStreamContext,
     subjects: Subjects,
     send_command: SendCommand,
     commands_settled: WaitSettled,
 ) -> None:
-    """The first delivery stored TaskSubmitted and died; the redelivery must finish its work."""
+    """The first delivery stored TaskSubmitted and died before its ack: that event is already the
+    first attempt's work, so the redelivery only acknowledges."""
     command = _submit_command()
     stored = TaskSubmitted(
         task_id=command.task_id,
@@ -126,18 +150,18 @@ async def test_after_a_crash_between_append_and_queue_the_stored_event_is_queued
 
     await commands_settled(await send_command(command))
 
-    [(_, assignment)] = await _queued(jetstream, subjects)
+    [assignment] = await _first_attempts(jetstream, subjects)
     assert assignment.causation_id == stored.event_id
     assert len(await EventLog(jetstream, subjects).task_history(command.task_id)) == 1
 
 
-async def test_a_redelivery_after_the_task_started_queues_nothing(
+async def test_a_redelivery_after_the_task_started_stores_nothing(
     jetstream: JetStreamContext,
     subjects: Subjects,
     send_command: SendCommand,
     commands_settled: WaitSettled,
 ) -> None:
-    """A runner started the task, so its work item arrived; another copy would run it twice."""
+    """A runner started the task; the redelivered command adds neither an event nor work."""
     command = _submit_command()
     log = EventLog(jetstream, subjects)
     first = await log.append(
@@ -160,7 +184,7 @@ async def test_a_redelivery_after_the_task_started_queues_nothing(
 
     await commands_settled(await send_command(command))
 
-    assert await _queued(jetstream, subjects) == []
+    assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
     assert len(await log.task_history(command.task_id)) == 2
 
 
@@ -184,7 +208,7 @@ async def test_invalid_commands_are_terminated_with_the_reason_and_the_next_one_
         subjects.commands_stream, subjects.scheduler_commands_consumer
     )
     assert info.num_redelivered == 0
-    [(_, assignment)] = await _queued(jetstream, subjects)
+    [assignment] = await _first_attempts(jetstream, subjects)
     assert assignment.task_id == valid.task_id
     refusals = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert len(refusals) == 2
@@ -208,7 +232,7 @@ async def test_a_task_id_submitted_by_another_command_is_refused(
 
     await commands_settled(await send_command(impostor))
 
-    [(_, assignment)] = await _queued(jetstream, subjects)
+    [assignment] = await _first_attempts(jetstream, subjects)
     assert assignment.input_data == original.input_data
     history = await EventLog(jetstream, subjects).task_history(original.task_id)
     assert len(history) == 1

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from opspawn_contracts.commands import CancelTask, Command, SubmitTask, encode_command
 from opspawn_contracts.subjects import Subjects
 from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.streams import unsettled_messages
 from scheduler.dispatch import CommandDispatcher
 
 pytestmark = pytest.mark.integration
@@ -76,5 +77,7 @@ async def test_submits_and_cancels_in_one_batch_keep_each_tasks_order(
             "TaskSubmitted",
             "TaskCancelled",
         ], task_id
-    work = await jetstream.stream_info(subjects.work_stream)
-    assert work.state.messages == TASKS
+    owed = await unsettled_messages(
+        jetstream, subjects.events_stream, subjects.runner_submitted_consumer
+    )
+    assert owed == TASKS

@@ -11,8 +11,8 @@ from nats.js import JetStreamContext
 
 from opspawn_contracts.commands import SubmitAnswer, SubmitTask, encode_command
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import EventLog
+from opspawn_messaging.streams import unsettled_messages
 from scheduler.dispatch import CommandDispatcher
 from scheduler.submit_requests import SubmitRequests
 
@@ -45,7 +45,7 @@ async def _ask(client: NatsClient, subjects: Subjects, payload: bytes) -> Submit
 
 
 @pytest.mark.usefixtures("requests")
-async def test_the_answer_comes_once_the_task_is_stored_and_its_attempt_queued(
+async def test_the_answer_comes_once_the_task_is_stored_which_is_its_first_attempts_work(
     nats_client: NatsClient, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:
     command = _command()
@@ -56,10 +56,11 @@ async def test_the_answer_comes_once_the_task_is_stored_and_its_attempt_queued(
     history = await EventLog(jetstream, subjects).task_history(command.task_id)
     assert [stored.event.event_type for stored in history] == ["TaskSubmitted"]
     assert history[0].event.occurred_at == command.issued_at
-    work = await jetstream.get_last_msg(subjects.work_stream, subjects.work("agent_run"))
-    assignment = TaskAssignment.model_validate_json(work.data or b"")
-    assert (assignment.task_id, assignment.attempt) == (command.task_id, 1)
-    assert assignment.after_sequence == history[0].sequence
+    owed = await unsettled_messages(
+        jetstream, subjects.events_stream, subjects.runner_submitted_consumer
+    )
+    assert owed == 1
+    assert (await jetstream.stream_info(subjects.work_stream)).state.messages == 0
 
 
 @pytest.mark.usefixtures("requests")

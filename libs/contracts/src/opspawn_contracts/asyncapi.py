@@ -403,7 +403,8 @@ def asyncapi_document(event_models: Sequence[type[BaseModel]] = EVENT_MODELS) ->
         "TaskAssignment",
         payloads[TaskAssignment],
         headers="WorkHeaders",
-        summary="One attempt of a task, queued by the scheduler for a runner.",
+        summary="A later attempt of a task (a retry), queued by the scheduler for a runner; a "
+        "first attempt is the task's TaskSubmitted itself.",
         correlated=True,
         extensions={"x-schema-version": work_version},
     )
@@ -415,7 +416,14 @@ def asyncapi_document(event_models: Sequence[type[BaseModel]] = EVENT_MODELS) ->
         stream=work_stream,
     )
     operations["queueWork"] = _operation(
-        "send", "work", ["TaskAssignment"], summary="The scheduler queues a task attempt."
+        "send", "work", ["TaskAssignment"], summary="The scheduler queues a retry attempt."
+    )
+    operations["runFirstAttempt"] = _operation(
+        "receive",
+        "eventTaskSubmitted",
+        ["TaskSubmitted"],
+        summary="A runner takes a task's first attempt from its TaskSubmitted, through the "
+        f"runners' shared durable consumer `{defaults.runner_submitted_consumer}`, and runs it.",
     )
     operations["runWork"] = _operation(
         "receive", "work", ["TaskAssignment"], summary="A runner takes a task attempt and runs it."

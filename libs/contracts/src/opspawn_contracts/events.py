@@ -102,6 +102,12 @@ class TaskSubmittedData(_Data):
     """Digest of the submitted request, so a reused idempotency key with another body is told
     apart from a retry of the same request."""
     options: TaskOptions = Field(default_factory=TaskOptions)
+    attempts_allowed: int | None = Field(
+        default=None, ge=1, le=MAX_TASK_ATTEMPTS, exclude_if=lambda value: value is None
+    )
+    """How many attempts the task gets: ``options.max_attempts``, else the scheduler's default,
+    decided once at submission (the runner that takes the first attempt from this event needs
+    it). Absent from events written before it existed: read as ``options.max_attempts`` or 1."""
 
 
 class ToolCallIntent(_Data):

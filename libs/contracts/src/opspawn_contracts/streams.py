@@ -127,8 +127,32 @@ def scheduler_decisions_consumer(subjects: Subjects) -> ConsumerConfig:
     )
 
 
+def runner_submitted_consumer(subjects: Subjects) -> ConsumerConfig:
+    """Runners share this durable on the events stream: a task's TaskSubmitted is its first
+    attempt's work, so no work item is stored for it. Created with the streams (see
+    :func:`standing_consumers`) from the first message after that moment on: created later, by
+    the first runner, it would miss the tasks submitted before; delivering the whole stream
+    would run an upgraded system's history again."""
+    return ConsumerConfig(
+        durable_name=subjects.runner_submitted_consumer,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=5,
+        max_ack_pending=1024,
+        filter_subject=subjects.events_of_type("TaskSubmitted"),
+    )
+
+
+def standing_consumers(subjects: Subjects) -> list[tuple[str, ConsumerConfig]]:
+    """Durable consumers that must exist before anything is published, with their streams:
+    every service creates them at start, with the streams."""
+    return [(subjects.events_stream, runner_submitted_consumer(subjects))]
+
+
 def runner_work_consumer(subjects: Subjects) -> ConsumerConfig:
-    """Runners share this durable; ``ack_wait`` is the heartbeat a live runner must beat."""
+    """Runners share this durable for later attempts (retries); ``ack_wait`` is the heartbeat a
+    live runner must beat."""
     return ConsumerConfig(
         durable_name=subjects.runner_work_consumer,
         deliver_policy=DeliverPolicy.ALL,

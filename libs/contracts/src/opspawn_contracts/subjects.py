@@ -135,6 +135,19 @@ class Subjects:
         return "agent-runner"
 
     @property
+    def runner_submitted_consumer(self) -> str:
+        """The runners' consumer of TaskSubmitted events: each is a task's first attempt."""
+        return "agent-runner-submitted"
+
+    @property
+    def submitted_max_deliveries_advisory(self) -> str:
+        """JetStream's notice that a TaskSubmitted reached the runners' ``max_deliver``."""
+        return (
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{self.events_stream}.{self.runner_submitted_consumer}"
+        )
+
+    @property
     def work_max_deliveries_advisory(self) -> str:
         """JetStream's notice that a work item reached the runners' ``max_deliver``."""
         return (

@@ -1,17 +1,20 @@
-"""Work items: what the scheduler puts on the runner work queue.
+"""Work items: what a runner is given to run, one task attempt each.
 
 A work item carries everything a runner needs to start (so a runner never reads the read model),
 and the ``attempt`` it is for, which the runner stamps on every event it emits (a fencing token).
+A task's first attempt is not stored as a work item: the runner builds it from the task's
+TaskSubmitted (:meth:`TaskAssignment.first_attempt`); later attempts (retries) are put on the
+work queue by the scheduler.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from opspawn_contracts.events import TaskOptions
+from opspawn_contracts.events import TaskOptions, TaskSubmitted
 
 WORK_SCHEMA_VERSION = 1
 """The one work-item schema version this code reads and writes. Work items are short-lived (the
@@ -51,6 +54,34 @@ class TaskAssignment(BaseModel):
             )
         return version
 
+    @classmethod
+    def first_attempt(cls, submitted: TaskSubmitted, *, sequence: int | None) -> TaskAssignment:
+        """The first attempt of the task ``submitted`` created (stored at ``sequence``, the
+        task's only event then, when known)."""
+        data = submitted.data
+        options = data.options
+        attempts = data.attempts_allowed or options.max_attempts or 1
+        if options.max_attempts != attempts:
+            options = options.model_copy(update={"max_attempts": attempts})
+        return cls(
+            task_id=submitted.task_id,
+            task_type=data.task_type,
+            input_data=data.input_data,
+            attempt=1,
+            correlation_id=submitted.correlation_id,
+            causation_id=submitted.event_id,
+            options=options,
+            deadline_at=deadline(submitted.occurred_at, options),
+            after_sequence=sequence,
+        )
+
     def msg_id(self) -> str:
         """Dedup key: one work item per task attempt."""
         return f"{self.task_id}:{self.attempt}"
+
+
+def deadline(submitted_at: datetime, options: TaskOptions) -> datetime | None:
+    """When a task submitted at ``submitted_at`` times out, if ever."""
+    if options.timeout_seconds is None:
+        return None
+    return submitted_at + timedelta(seconds=options.timeout_seconds)

@@ -11,6 +11,9 @@ middleware to its handler, and settles it by the outcome the handler returns
   in stream order (a handler that must keep the order of related messages serialises them
   itself); a fetch asks only for as many messages as there are free slots, because a fetched
   message's ``ack_wait`` starts at once and a consumer must not hold what it cannot start.
+  Loops that share a budget (a runner's first attempts and its retries) also share ``slots``: a
+  message then waits for one inside the consumer's middleware (its heartbeat beats meanwhile), and
+  a stop gives back at once (:class:`~opspawn_messaging.settlement.Release`) one still waiting.
 
 A handler that raises is a bug, not the message's fault: it is logged with its traceback and the
 message settles as :class:`~opspawn_messaging.settlement.Failed` (it comes back, and is
@@ -45,6 +48,7 @@ from opspawn_messaging.settlement import (
     Failed,
     Handler,
     Outcome,
+    Release,
     Settlement,
     with_middleware,
 )
@@ -66,6 +70,7 @@ class PullLoop:
         batch_size: int,
         fetch_timeout: float = 0.5,
         in_order: bool = True,
+        slots: asyncio.Semaphore | None = None,
         middleware: Sequence[ConsumerMiddleware] = (),
         grace: float | None = None,
         on_overdue: Callable[[], None] | None = None,
@@ -73,8 +78,9 @@ class PullLoop:
         """``consumer`` is the durable consumer's configuration (with its ``durable_name``) on
         ``stream``, bound with the filter ``subject``. ``what`` names the messages in logs;
         ``batch_size`` is the largest fetch and, with ``in_order=False``, the most messages
-        handled at once. ``fetch_timeout`` bounds how long one fetch waits, and so how long a stop
-        takes to be noticed."""
+        handled at once; ``slots``, shared with other loops, bounds them together.
+        ``fetch_timeout`` bounds how long one fetch waits, and so how long a stop takes to be
+        noticed."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._js = js
@@ -82,7 +88,13 @@ class PullLoop:
         self._stream = stream
         self._subject = subject
         self._subscription: JetStreamContext.PullSubscription | None = None
-        self._handle = with_middleware(handle, middleware)
+        if slots is not None and in_order:
+            raise ValueError("shared slots are for in_order=False")
+        self._slots = slots
+        self._handle = with_middleware(
+            handle, middleware if slots is None else [*middleware, self._in_a_slot]
+        )
+        self._stopping: asyncio.Future[Literal[True]] | None = None
         self._settlement = settlement
         self._what = what
         self._batch_size = batch_size
@@ -107,7 +119,7 @@ class PullLoop:
         """Fetch, handle and settle until ``stop`` is set; then finish what is in hand and let go
         of the subscription (the durable consumer stays, with what is not acknowledged)."""
         subscription = await self.start()
-        stopping = asyncio.ensure_future(stop.wait())
+        stopping = self._stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 wanted = self._batch_size - len(self._in_flight)
@@ -151,6 +163,26 @@ class PullLoop:
         task = asyncio.create_task(self._process(message), name=f"{self._what} {message.subject}")
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    async def _in_a_slot(self, message: Msg, call_next: Handler) -> Outcome:
+        """The innermost middleware with shared ``slots``: wait for one, or give the message back
+        if the loop stops first."""
+        slots, stopping = self._slots, self._stopping
+        assert slots is not None, "only with shared slots"
+        assert stopping is not None, "only while running"
+        acquiring = asyncio.ensure_future(slots.acquire())
+        await asyncio.wait([acquiring, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            await asyncio.wait([acquiring])
+        if acquiring.cancelled():
+            return Release()
+        try:
+            if stopping.done():
+                return Release()
+            return await call_next(message)
+        finally:
+            slots.release()
 
     async def _process(self, message: Msg) -> None:
         try:

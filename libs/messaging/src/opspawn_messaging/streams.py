@@ -1,5 +1,9 @@
 """The idempotent stream set-up every service runs at start, so any start order works.
 
+With the streams come the durable consumers that must exist before anything is published
+(:func:`~opspawn_contracts.streams.standing_consumers`: the runners' consumer of TaskSubmitted,
+which delivers from its creation on). One that exists is left as it is.
+
 A stream whose retention or storage type changed between releases cannot be updated in place
 (nats-server refuses). Such a stream holds transient messages only (the events stream's
 configuration never changes those two), so it is deleted and created again, but only once it is
@@ -12,10 +16,10 @@ from __future__ import annotations
 import contextlib
 
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, RetentionPolicy, StreamConfig, StreamInfo
+from nats.js.api import ConsumerConfig, ConsumerInfo, RetentionPolicy, StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
 
-from opspawn_contracts.streams import StreamSettings, stream_configs
+from opspawn_contracts.streams import StreamSettings, standing_consumers, stream_configs
 from opspawn_contracts.subjects import Subjects
 
 _TRIES = 3
@@ -31,6 +35,8 @@ async def ensure_streams(
     """Create the streams, or bring existing ones to the configuration of this release."""
     for config in stream_configs(subjects, settings):
         await _ensure(js, config)
+    for stream, consumer in standing_consumers(subjects):
+        await _ensure_consumer(js, stream, consumer)
 
 
 async def unsettled_messages(js: JetStreamContext, stream: str, consumer: str) -> int:
@@ -42,6 +48,13 @@ async def unsettled_messages(js: JetStreamContext, stream: str, consumer: str) -
     except NotFoundError:
         return (await js.stream_info(stream)).state.messages
     return _owed(info)
+
+
+async def unsettled_runner_work(js: JetStreamContext, subjects: Subjects) -> int:
+    """Task attempts the runners have not settled: first attempts (TaskSubmitted events on the
+    runners' consumer) and later ones (work items)."""
+    first = await unsettled_messages(js, subjects.events_stream, subjects.runner_submitted_consumer)
+    return first + await unsettled_messages(js, subjects.work_stream, subjects.runner_work_consumer)
 
 
 def _owed(info: ConsumerInfo) -> int:
@@ -67,6 +80,15 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
         with contextlib.suppress(NotFoundError):  # another service deleted it first
             await js.delete_stream(config.name)
     raise RuntimeError(f"stream {config.name} kept changing while it was being set up")
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    assert config.durable_name is not None
+    try:
+        await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        # Two services creating it at once is fine: the same configuration is created once.
+        await js.add_consumer(stream, config)
 
 
 async def _require_drained(js: JetStreamContext, info: StreamInfo, config: StreamConfig) -> None:

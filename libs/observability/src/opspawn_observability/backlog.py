@@ -52,6 +52,7 @@ class BacklogSampler:
         self._consumers: Sequence[tuple[str, str]] = (
             (subjects.commands_stream, subjects.scheduler_commands_consumer),
             (subjects.events_stream, subjects.scheduler_decisions_consumer),
+            (subjects.events_stream, subjects.runner_submitted_consumer),
             (subjects.work_stream, subjects.runner_work_consumer),
         )
 

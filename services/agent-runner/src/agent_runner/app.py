@@ -30,7 +30,7 @@ from agentkit import (
     WorkerPool,
     builtin_registry,
 )
-from opspawn_contracts.streams import runner_work_consumer
+from opspawn_contracts.streams import runner_submitted_consumer, runner_work_consumer
 from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.event_log import EventLog
 from opspawn_messaging.nats_connection import connect
@@ -120,6 +120,10 @@ async def running(
             consumer_config=consumer_config
             or dataclasses.replace(
                 runner_work_consumer(settings.subjects), ack_wait=settings.work_ack_wait_seconds
+            ),
+            submitted_config=dataclasses.replace(
+                runner_submitted_consumer(settings.subjects),
+                ack_wait=settings.work_ack_wait_seconds,
             ),
             client=client,
             dead_letters=DeadLetters(

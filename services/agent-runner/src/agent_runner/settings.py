@@ -47,8 +47,10 @@ class RunnerSettings(ServiceSettings, OpsSettings):
     """On SIGTERM, how long running tasks may finish before they are interrupted and released."""
     work_ack_wait_seconds: float = Field(default=30.0, ge=0.5, le=3600)
     """How long a runner may go without heart-beating a task before JetStream hands the task to
-    another runner (the work consumer's ``ack_wait``; heartbeats go every third of it). It is set
-    when the shared consumer is created, by the first runner to start."""
+    another runner (the ``ack_wait`` of the consumers runners share; heartbeats go every third of
+    it). The work queue's consumer takes it when it is created, by the first runner to start; the
+    consumer of TaskSubmitted events (created with the streams) is set to it by every runner at
+    start, so runners of one system should agree on it."""
     tool_allowlist: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     """Tools any task on this runner may use (``fnmatch`` patterns, a JSON list in
     ``OPSPAWN_TOOL_ALLOWLIST``); a task's own ``allowed_tools`` can only narrow it."""

@@ -1,12 +1,13 @@
-"""Work no runner survives: a work item at ``max_deliver`` is dead-lettered and its task failed.
+"""Work no runner survives: work at ``max_deliver`` is dead-lettered and its task failed.
 
-Each redelivery of a work item means its runner stopped heart-beating (died or froze) or gave it
-back. A task that kills every runner that takes it (a poison task: it exhausts memory, crashes the
-interpreter) would otherwise take runners down until JetStream stops delivering it, and then sit
-``running`` for ever. JetStream announces that moment with a ``MAX_DELIVERIES`` advisory; the
-scheduler answers it by keeping the work item in the dead-letter stream with the reason, failing
-the task (TaskFailed, decided from fresh history, so a task that did finish is left alone), and
-deleting the item from the work queue.
+Each redelivery of a task's work (its TaskSubmitted for the first attempt, a work item for a
+later one) means its runner stopped heart-beating (died or froze) or gave it back. A task that
+kills every runner that takes it (a poison task: it exhausts memory, crashes the interpreter)
+would otherwise take runners down until JetStream stops delivering it, and then sit ``running``
+for ever. JetStream announces that moment with a ``MAX_DELIVERIES`` advisory; the scheduler answers
+it by keeping a copy of the work in the dead-letter stream with the reason and failing the task
+(TaskFailed, decided from fresh history, so a task that did finish is left alone). A work item is
+then deleted from the work queue; a TaskSubmitted stays, as every event does.
 
 The advisory is a core NATS message: one sent while no scheduler listens is not repeated. Such a
 task still ends at its deadline, if it has one, and its work item can be found in the work stream.
@@ -26,12 +27,12 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from opspawn_contracts.dead_letters import DeadLetterSource
-from opspawn_contracts.events import Event, TaskFailed, TaskFailedData
+from opspawn_contracts.events import Event, TaskFailed, TaskFailedData, TaskSubmitted
 from opspawn_contracts.subjects import Subjects
 from opspawn_contracts.task import TaskView
 from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.dead_letters import DeadLetters
-from opspawn_messaging.event_log import EventLog, StoredEvent
+from opspawn_messaging.event_log import EventLog, StoredEvent, read_event
 from scheduler.task_decisions import HistoryKeptMoving, append_decision
 
 logger = logging.getLogger(__name__)
@@ -54,19 +55,23 @@ class AbandonedWork:
         self._subjects = subjects
         self._letters = letters
         self._log = EventLog(js, subjects)
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
 
     async def start(self) -> None:
-        self._subscription = await self._client.subscribe(
+        for subject in (
             self._subjects.work_max_deliveries_advisory,
-            queue=f"{self._subjects.prefix}-scheduler",
-            cb=self._on_advisory,
-        )
+            self._subjects.submitted_max_deliveries_advisory,
+        ):
+            self._subscriptions.append(
+                await self._client.subscribe(
+                    subject, queue=f"{self._subjects.prefix}-scheduler", cb=self._on_advisory
+                )
+            )
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        self._subscriptions = []
 
     async def _on_advisory(self, advisory: Msg) -> None:
         try:
@@ -76,9 +81,33 @@ class AbandonedWork:
             logger.warning("unreadable max-deliveries advisory %r: %r", advisory.data[:200], error)
             return
         try:
-            await self.handle(sequence, deliveries)
+            if advisory.subject == self._subjects.submitted_max_deliveries_advisory:
+                await self.handle_submitted(sequence, deliveries)
+            else:
+                await self.handle(sequence, deliveries)
         except (nats.errors.Error, TimeoutError, HistoryKeptMoving) as error:
-            logger.error("work item %d reached max_deliver; handling failed: %r", sequence, error)
+            logger.error("work at sequence %d reached max_deliver; handling failed: %r",
+                         sequence, error)  # fmt: skip
+
+    async def handle_submitted(self, sequence: int, deliveries: int) -> None:
+        """Dead-letter a copy of the TaskSubmitted at ``sequence`` and fail its task."""
+        stored = await self._js.get_msg(self._subjects.events_stream, seq=sequence)
+        payload = stored.data or b""
+        reason = abandoned_message(deliveries)
+        await self._letters.record_payload(
+            DeadLetterSource.EVENTS,
+            subject=stored.subject or "",
+            payload=payload,
+            reason=reason,
+            source_sequence=sequence,
+            deliveries=deliveries,
+        )
+        try:
+            event = read_event(self._subjects, stored.subject or "", payload)
+        except ValidationError:
+            return
+        if isinstance(event, TaskSubmitted):
+            await self._fail(TaskAssignment.first_attempt(event, sequence=sequence), reason)
 
     async def handle(self, sequence: int, deliveries: int) -> None:
         """Dead-letter work item ``sequence``, fail its task, delete the item."""

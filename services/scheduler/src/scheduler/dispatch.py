@@ -1,19 +1,19 @@
-"""Deciding commands: a SubmitTask becomes a TaskSubmitted event and a work item for a runner;
-a CancelTask of a pending or running task becomes TaskCancelled.
+"""Deciding commands: a SubmitTask becomes a TaskSubmitted event, which is also its first attempt's
+work (runners take it from the events stream); a CancelTask of a pending or running task becomes
+TaskCancelled.
 
 This module consumes the commands stream; :mod:`scheduler.submit_requests` decides a SubmitTask
 sent as a request with the same :meth:`CommandDispatcher.submit`, under the same per-task lock.
 
 Contract (at-least-once in, one effect out):
 
-- A command is acknowledged only after its event and its work item are both stored, so a crash
-  anywhere before that gets it redelivered.
+- A command is acknowledged only after its event is stored, so a crash before that gets it
+  redelivered. Nothing else is to store: the runners' durable consumer of TaskSubmitted events
+  (:func:`~opspawn_contracts.streams.runner_submitted_consumer`) exists before the first event
+  and delivers each one until a runner acknowledges it.
 - Redelivery is harmless. TaskSubmitted is appended with ``expected_version=0``, so a second
-  delivery raises :class:`ConcurrencyConflict`. The dispatcher then reads the stored TaskSubmitted
-  and republishes the work item built from it under the same ``Nats-Msg-Id``, which JetStream
-  drops as a duplicate inside the window. It republishes only while the task is still pending: once
-  a runner has started the task, its work item evidently arrived, and a copy published after the
-  duplicate window would run the task twice.
+  delivery raises :class:`ConcurrencyConflict`; the dispatcher reads the stored TaskSubmitted to
+  tell a repeat of the same command (done) from another command for the same task (rejected).
 - A command that fails validation is kept in the dead-letter stream with the reason, then
   terminated (never redelivered) and logged at ERROR; the loop goes on. One that names a task
   another command already submitted is dropped the same way, without a dead letter (it was
@@ -54,8 +54,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.streams import scheduler_commands_consumer
 from opspawn_contracts.subjects import Subjects
-from opspawn_contracts.task import TaskStatus, TaskView
-from opspawn_contracts.work import TaskAssignment
+from opspawn_contracts.task import TaskView
 from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.event_log import ConcurrencyConflict, EventLog, EventTooLarge, StoredEvent
 from opspawn_messaging.pull_loop import PullLoop
@@ -72,7 +71,6 @@ from opspawn_observability.metrics import CountRedeliveries
 from opspawn_observability.tracing import TraceHandling, handling_scope
 from scheduler.rejections import describe
 from scheduler.task_decisions import HistoryKeptMoving, append_decision
-from scheduler.work_queue import deadline, queue, resolved_options
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +82,13 @@ class CommandRejected(Exception):
     """The command is well-formed but cannot be carried out; it is terminated, not retried."""
 
 
-def task_submitted(command: SubmitTask) -> TaskSubmitted:
+def task_submitted(command: SubmitTask, *, default_max_attempts: int = 1) -> TaskSubmitted:
     """The event ``command`` becomes.
 
     Its id derives from the command id and its time is the command's, so every delivery of one
-    command describes the same event, a work item built from it names the same cause, and the
-    task's ``created_at`` is what the gateway answered the client.
+    command describes the same event, and the task's ``created_at`` is what the gateway answered
+    the client. ``attempts_allowed`` is the client's ``max_attempts`` or the scheduler's
+    default, fixed here for the runner that takes the first attempt from this event.
     """
     return TaskSubmitted(
         event_id=uuid5(command.command_id, "TaskSubmitted"),
@@ -104,25 +103,8 @@ def task_submitted(command: SubmitTask) -> TaskSubmitted:
             idempotency_key=command.idempotency_key,
             request_hash=command.request_hash,
             options=command.options,
+            attempts_allowed=command.options.max_attempts or default_max_attempts,
         ),
-    )
-
-
-def first_assignment(
-    submitted: TaskSubmitted, *, default_max_attempts: int = 1, sequence: int | None = None
-) -> TaskAssignment:
-    """The work item for a task's first attempt, caused by its TaskSubmitted (stored at
-    ``sequence``, the task's only event so far, when known)."""
-    return TaskAssignment(
-        task_id=submitted.task_id,
-        task_type=submitted.data.task_type,
-        input_data=submitted.data.input_data,
-        attempt=1,
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-        options=resolved_options(submitted.data.options, default_max_attempts),
-        deadline_at=deadline(submitted.occurred_at, submitted.data.options),
-        after_sequence=sequence,
     )
 
 
@@ -140,7 +122,7 @@ class CommandDispatcher:
         dead_letters: DeadLetters | None = None,
     ) -> None:
         """``poll_interval`` bounds how long one fetch waits, and so how long a stop takes;
-        ``default_max_attempts`` goes into work items of tasks that chose none."""
+        ``default_max_attempts`` is the attempts of tasks that chose none."""
         self._js = js
         self._subjects = subjects
         self._events = EventLog(js, subjects)
@@ -217,32 +199,19 @@ class CommandDispatcher:
                 self._task_locks[task_id] = (lock, users - 1)
 
     async def submit(self, command: SubmitTask) -> bool:
-        """Record the task's submission and queue its first attempt; safe to repeat.
+        """Record the task's submission (its first attempt's work too); safe to repeat.
 
         ``True`` if this call stored TaskSubmitted, ``False`` if an earlier delivery of the same
         command had; :class:`CommandRejected` if another command submitted the task.
         """
-        submitted = task_submitted(command)
-        sequence: int | None
+        submitted = task_submitted(command, default_max_attempts=self._default_max_attempts)
         try:
-            sequence = await self._events.append(submitted, expected_version=0)
+            await self._events.append(submitted, expected_version=0)
         except ConcurrencyConflict:
-            stored = await self._stored_submission(command)
-            if stored is None:
-                return False
-            submitted, sequence = stored, None
-            stored_now = False
-        else:
-            logger.debug("task %s submitted (%s)", command.task_id, command.task_type)
-            stored_now = True
-        await queue(
-            self._js,
-            self._subjects,
-            first_assignment(
-                submitted, default_max_attempts=self._default_max_attempts, sequence=sequence
-            ),
-        )
-        return stored_now
+            await self._check_same_submission(command)
+            return False
+        logger.debug("task %s submitted (%s)", command.task_id, command.task_type)
+        return True
 
     async def cancel(self, command: CancelTask) -> None:
         """Record TaskCancelled if the task is pending or running; safe to repeat.
@@ -269,29 +238,16 @@ class CommandDispatcher:
         if await append_decision(self._events, command.task_id, decide) is not None:
             logger.info("task %s cancelled", command.task_id)
 
-    async def _stored_submission(self, command: SubmitTask) -> TaskSubmitted | None:
-        """The TaskSubmitted an earlier delivery of ``command`` stored, if its work is still due.
-
-        ``None`` when the task has moved past pending: its work item was delivered already.
-        """
+    async def _check_same_submission(self, command: SubmitTask) -> None:
+        """:class:`CommandRejected` unless the task's stored TaskSubmitted is ``command``'s."""
         history = await self._events.task_history(command.task_id)
         first = history[0].event if history else None
         if not isinstance(first, TaskSubmitted):
-            raise CommandRejected(
-                f"task {command.task_id} has events but none submitting it; not queuing it"
-            )
+            raise CommandRejected(f"task {command.task_id} has events but none submitting it")
         if first.causation_id != command.command_id:
             raise CommandRejected(
                 f"task {command.task_id} was already submitted by command {first.causation_id}, "
                 f"not by {command.command_id}"
             )
-        state = history.state()
-        if state is None or state.status is not TaskStatus.PENDING:
-            logger.info(
-                "command %s delivered again; task %s is %s, nothing to redo",
-                command.command_id,
-                command.task_id,
-                state.status if state else "unknown",
-            )
-            return None
-        return first
+        logger.info("command %s delivered again: task %s is submitted", command.command_id,
+                    command.task_id)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Putting a task's attempt on the runner work queue.
+"""Putting a task's later attempt (a retry) on the runner work queue; a first attempt needs no work
+item (runners take it from the task's TaskSubmitted).
 
 A work item carries everything a runner needs (so runners never read the read model): the task's
 type, input and options with the scheduler's defaults filled in (``max_attempts``), its deadline,
@@ -11,7 +12,6 @@ dropped.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
 from uuid import UUID
 
 from nats.js import JetStreamContext
@@ -29,12 +29,6 @@ def resolved_options(options: TaskOptions, default_max_attempts: int) -> TaskOpt
     if options.max_attempts is not None:
         return options
     return options.model_copy(update={"max_attempts": default_max_attempts})
-
-
-def deadline(submitted_at: datetime, options: TaskOptions) -> datetime | None:
-    if options.timeout_seconds is None:
-        return None
-    return submitted_at + timedelta(seconds=options.timeout_seconds)
 
 
 def assignment_for(
