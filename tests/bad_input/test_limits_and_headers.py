@@ -27,7 +27,6 @@ from opspawn_contracts.commands import SubmitTask, encode_command
 from opspawn_contracts.dead_letters import HEADER_AT, HEADER_SEQUENCE
 from opspawn_contracts.events import TaskSubmitted, TaskSubmittedData
 from opspawn_contracts.streams import MAX_MESSAGE_BYTES
-from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import EventLog
 from scheduler.dispatch import task_submitted
 from tests.bad_input.conftest import GoodTraffic, StreamProbe
@@ -228,32 +227,25 @@ async def test_a_command_carrying_a_nul_character_is_dead_lettered(
 async def test_a_reused_message_id_is_dropped_as_a_duplicate(
     probe: StreamProbe, good_traffic: GoodTraffic
 ) -> None:
-    """Garbage carrying the ``Nats-Msg-Id`` of a stored event or work item is not stored:
-    JetStream answers with the original's sequence and ``duplicate``, and the task it imitates
-    completes untouched. (A submission is a request, stored as no command; a stored cancel
-    command is deduplicated the same way, see the gateway's cancellation tests.)"""
+    """Garbage carrying the ``Nats-Msg-Id`` of a stored event is not stored: JetStream answers
+    with the original's sequence and ``duplicate``, and the task it imitates completes
+    untouched. (A submission is a request, stored as no command, and a first attempt is its
+    TaskSubmitted, stored as no work item; a stored cancel command is deduplicated the same way,
+    see the gateway's cancellation tests.)"""
     task_id = await good_traffic.submit()
     await good_traffic.assert_all_completed()
     history = await EventLog(probe.js, probe.subjects).task_history(task_id)
     submitted = history[0].event
-    work_item = TaskAssignment(
-        task_id=task_id,
-        task_type="agent_run",
-        input_data=PLAN,
-        correlation_id=submitted.correlation_id,
-        causation_id=submitted.event_id,
-    )
     subjects = probe.subjects
     before = await _stored_messages(probe)
 
-    for stream, subject, message_id in (
-        (subjects.events_stream, subjects.event(task_id, "TaskCompleted"), str(submitted.event_id)),
-        (subjects.work_stream, subjects.work("agent_run"), work_item.msg_id()),
-    ):
-        ack = await probe.js.publish(
-            subject, b"garbage", stream=stream, headers={"Nats-Msg-Id": message_id}
-        )
-        assert ack.duplicate, (stream, ack)
+    ack = await probe.js.publish(
+        subjects.event(task_id, "TaskCompleted"),
+        b"garbage",
+        stream=subjects.events_stream,
+        headers={"Nats-Msg-Id": str(submitted.event_id)},
+    )
+    assert ack.duplicate, ack
 
     assert await _stored_messages(probe) == before
     assert await EventLog(probe.js, probe.subjects).task_history(task_id) == history

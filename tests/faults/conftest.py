@@ -66,7 +66,7 @@ from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.tables import task_events, tasks
 from tests.conftest import SystemSettings
 
-BACKLOG_TASKS = 1_500
+BACKLOG_TASKS = 2_000
 """Tasks queued before the fault; all of them are in flight when the runners resume. A few
 hundred finish before a test's fault (the scheduler's waits for its projection to be busy), so
 this keeps a margin over :data:`MIN_IN_FLIGHT` on a slow or loaded machine."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.subjects import Subjects
@@ -203,3 +203,129 @@ async def test_heartbeats_keep_a_long_handling_from_being_redelivered(
     assert deliveries == [1]
     info = await consumer.consumer_info()
     assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+
+
+@pytest.fixture
+def work_loop(
+    jetstream: JetStreamContext, subjects: Subjects
+) -> Callable[..., Awaitable[tuple[PullLoop, JetStreamContext.PullSubscription]]]:
+    """A second loop, on a durable consumer of the work stream: for loops that share slots."""
+
+    async def work_loop(
+        handle: Handler, **options: Any
+    ) -> tuple[PullLoop, JetStreamContext.PullSubscription]:
+        config = ConsumerConfig(
+            durable_name="settling-work",
+            ack_policy=AckPolicy.EXPLICIT,
+            max_deliver=3,
+            ack_wait=1.0,
+            filter_subject=subjects.all_work,
+        )
+        look = await jetstream.pull_subscribe(
+            subjects.all_work, durable="settling-work", stream=subjects.work_stream, config=config
+        )
+        settlement = Settlement(
+            DeadLetterSource.WORK, GiveUpRule(give_up_after=3, retry_delay=0.05)
+        )
+        loop = PullLoop(
+            jetstream,
+            config,
+            handle,
+            settlement,
+            stream=subjects.work_stream,
+            subject=subjects.all_work,
+            what="work probes",
+            **options,
+        )
+        return loop, look
+
+    return work_loop
+
+
+async def test_loops_sharing_slots_handle_at_most_that_many_at_once_together(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    consumer: JetStreamContext.PullSubscription,
+    publish: Publish,
+    pull_loop: Callable[..., PullLoop],
+    work_loop: Callable[..., Awaitable[tuple[PullLoop, JetStreamContext.PullSubscription]]],
+) -> None:
+    await publish(*(f"command {n}".encode() for n in range(6)))
+    for n in range(6):
+        await jetstream.publish(subjects.work("probe"), f"work {n}".encode())
+    running = most = 0
+    handled = Count(12)
+
+    async def handle(message: Msg) -> Outcome:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        handled.add()
+        return Done()
+
+    slots = asyncio.Semaphore(2)
+    first = pull_loop(handle, batch_size=2, in_order=False, slots=slots)
+    second, look = await work_loop(handle, batch_size=2, in_order=False, slots=slots)
+    stop = asyncio.Event()
+    both = asyncio.gather(first.run(stop), second.run(stop))
+    async with asyncio.timeout(10):
+        await handled.reached.wait()
+    stop.set()
+    await both
+
+    assert most == 2
+    assert (await consumer.consumer_info()).num_ack_pending == 0
+    assert (await look.consumer_info()).num_ack_pending == 0
+    await look.unsubscribe()
+
+
+async def test_a_message_waiting_for_a_shared_slot_is_given_back_at_stop(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    consumer: JetStreamContext.PullSubscription,
+    publish: Publish,
+    pull_loop: Callable[..., PullLoop],
+    work_loop: Callable[..., Awaitable[tuple[PullLoop, JetStreamContext.PullSubscription]]],
+) -> None:
+    """One slot, held by a command's handler; the work message fetched meanwhile waits for it
+    and, when the loops stop, goes back at once (not after ``ack_wait``) without being handled."""
+    await publish(b"holding the slot")
+    holding = asyncio.Event()
+    let_go = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handle(message: Msg) -> Outcome:
+        handled.append(message.data)
+        holding.set()
+        await let_go.wait()
+        return Done()
+
+    fetched = asyncio.Event()
+
+    async def arrived(message: Msg, call_next: Handler) -> Outcome:
+        fetched.set()  # outside the slot: the loop's own wait for one is innermost
+        return await call_next(message)
+
+    slots = asyncio.Semaphore(1)
+    first = pull_loop(handle, batch_size=1, in_order=False, slots=slots, grace=5.0)
+    second, look = await work_loop(
+        handle, batch_size=1, in_order=False, slots=slots, grace=5.0, middleware=[arrived]
+    )
+    stop = asyncio.Event()
+    both = asyncio.gather(first.run(stop), second.run(stop))
+    async with asyncio.timeout(10):
+        await holding.wait()
+        await jetstream.publish(subjects.work("probe"), b"waiting")
+        await fetched.wait()
+    stop.set()
+    await asyncio.sleep(0.1)
+    let_go.set()
+    await both
+
+    assert handled == [b"holding the slot"]
+    [again] = await look.fetch(1, timeout=0.8)
+    assert (again.data, again.metadata.num_delivered) == (b"waiting", 2)
+    await again.ack()
+    await look.unsubscribe()

@@ -408,3 +408,32 @@ async def test_an_invalid_work_message_is_terminated_and_the_runner_goes_on(
 
 async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
     return await unsettled_runner_work(js, subjects)
+
+
+async def test_an_invalid_task_submitted_is_dropped_without_a_dead_letter_and_the_runner_goes_on(
+    runner: RunnerSettings,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a task, so nothing to run; the event stays in the stream, and the projection (not
+    the runner) keeps its dead letter."""
+    caplog.set_level(logging.ERROR, logger="agent_runner")
+    bogus = uuid4()
+    await jetstream.publish(
+        subjects.event(bogus, "TaskSubmitted"),
+        b'{"not": "an event"}',
+        stream=subjects.events_stream,
+    )
+    task_id, _ = await submit(jetstream, subjects, {"plan": [ADD]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert history[-1].event.event_type == "TaskCompleted"
+    [dropped] = [
+        record.getMessage()
+        for record in caplog.records
+        if "not a valid TaskSubmitted" in record.getMessage()
+    ]
+    assert dropped.startswith("dropped submitted task at sequence ")
+    assert (await jetstream.stream_info(subjects.dead_letters_stream)).state.messages == 0

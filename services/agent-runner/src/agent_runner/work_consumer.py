@@ -8,10 +8,11 @@ share ``max_concurrent`` slots: a message fetched while every slot is busy (only
 arrive at once) waits, heart-beaten, for one. On stop the loops wait for running tasks up to the
 grace period and then release (nak) the rest rather than cancelling handlers.
 
-Per message: a payload that is not a valid TaskSubmitted or TaskAssignment is refused (kept in the
-dead-letter stream with the reason and terminated, never redelivered, with an error log naming the
-reason; a refused event stays in the events stream, where it does no harm: the projection and
-histories step over it too); a valid one runs with an ``in_progress`` heartbeat every
+Per message: a work item that is not a valid TaskAssignment is refused (kept in the dead-letter
+stream with the reason and terminated, never redelivered, with an error log naming the reason); an
+event that is not a valid TaskSubmitted is dropped with an error log (terminated: it stays in the
+events stream, whose projection keeps its dead letter, and histories step over it); a valid one
+runs with an ``in_progress`` heartbeat every
 ``ack_wait / 3`` (:class:`~opspawn_messaging.heartbeat.Heartbeat`) and is acked only once its
 terminal event is stored (see :mod:`agent_runner.execution`). A message whose events could not be
 stored at its last delivery (``max_deliver``) is dead-lettered too: the settlement rule of every
@@ -53,7 +54,14 @@ from opspawn_messaging.dead_letters import DeadLetters
 from opspawn_messaging.event_log import read_event
 from opspawn_messaging.heartbeat import Heartbeat
 from opspawn_messaging.pull_loop import PullLoop
-from opspawn_messaging.settlement import GiveUpRule, Handler, Outcome, Refused, Settlement
+from opspawn_messaging.settlement import (
+    Dropped,
+    GiveUpRule,
+    Handler,
+    Outcome,
+    Refused,
+    Settlement,
+)
 from opspawn_observability.metrics import CountRedeliveries, CountWorkItems
 from opspawn_observability.tracing import TraceHandling, handling_scope
 
@@ -220,9 +228,11 @@ class WorkConsumer:
         try:
             event = read_event(self._subjects, message.subject, message.data)
         except ValidationError as error:
-            return Refused(f"not a valid TaskSubmitted: {describe_validation_error(error)}")
+            # Not a task: nothing to run. It stays in the events stream, and the projection
+            # keeps the one dead letter for it.
+            return Dropped(f"not a valid TaskSubmitted: {describe_validation_error(error)}")
         if not isinstance(event, TaskSubmitted):
-            return Refused(f"a {event.event_type}, not a TaskSubmitted")
+            return Dropped(f"a {event.event_type}, not a TaskSubmitted")
         sequence = message.metadata.sequence.stream
         return await self._run(TaskAssignment.first_attempt(event, sequence=sequence), message)
 
