@@ -24,6 +24,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from opspawn_contracts.dead_letters import DeadLetterSource
@@ -91,19 +93,11 @@ class AbandonedWork:
 
     async def handle_submitted(self, sequence: int, deliveries: int) -> None:
         """Dead-letter a copy of the TaskSubmitted at ``sequence`` and fail its task."""
-        stored = await self._js.get_msg(self._subjects.events_stream, seq=sequence)
-        payload = stored.data or b""
-        reason = abandoned_message(deliveries)
-        await self._letters.record_payload(
-            DeadLetterSource.EVENTS,
-            subject=stored.subject or "",
-            payload=payload,
-            reason=reason,
-            source_sequence=sequence,
-            deliveries=deliveries,
+        stored, reason = await self._keep(
+            DeadLetterSource.EVENTS, self._subjects.events_stream, sequence, deliveries
         )
         try:
-            event = read_event(self._subjects, stored.subject or "", payload)
+            event = read_event(self._subjects, stored.subject or "", stored.data or b"")
         except ValidationError:
             return
         if isinstance(event, TaskSubmitted):
@@ -112,27 +106,35 @@ class AbandonedWork:
     async def handle(self, sequence: int, deliveries: int) -> None:
         """Dead-letter work item ``sequence``, fail its task, delete the item."""
         try:
-            stored = await self._js.get_msg(self._subjects.work_stream, seq=sequence)
-        except nats.errors.Error:
+            stored, reason = await self._keep(
+                DeadLetterSource.WORK, self._subjects.work_stream, sequence, deliveries
+            )
+        except NotFoundError:
             logger.info("work item %d reached max_deliver but is gone already", sequence)
             return
-        payload = stored.data or b""
-        reason = abandoned_message(deliveries)
-        await self._letters.record_payload(
-            DeadLetterSource.WORK,
-            subject=stored.subject or "",
-            payload=payload,
-            reason=reason,
-            source_sequence=sequence,
-            deliveries=deliveries,
-        )
         try:
-            assignment = TaskAssignment.model_validate_json(payload)
+            assignment = TaskAssignment.model_validate_json(stored.data or b"")
         except ValidationError:
             assignment = None
         if assignment is not None:
             await self._fail(assignment, reason)
         await self._js.delete_msg(self._subjects.work_stream, sequence)
+
+    async def _keep(
+        self, source: DeadLetterSource, stream: str, sequence: int, deliveries: int
+    ) -> tuple[RawStreamMsg, str]:
+        """Copy message ``sequence`` of ``stream`` to the dead letters; it and the reason."""
+        stored = await self._js.get_msg(stream, seq=sequence)
+        reason = abandoned_message(deliveries)
+        await self._letters.record_payload(
+            source,
+            subject=stored.subject or "",
+            payload=stored.data or b"",
+            reason=reason,
+            source_sequence=sequence,
+            deliveries=deliveries,
+        )
+        return stored, reason
 
     async def _fail(self, assignment: TaskAssignment, reason: str) -> None:
         def decide(state: TaskView | None, history: list[StoredEvent]) -> Event | None:
