@@ -170,6 +170,14 @@ class PullLoop:
         slots, stopping = self._slots, self._stopping
         assert slots is not None, "only with shared slots"
         assert stopping is not None, "only while running"
+        if stopping.done():
+            return Release()
+        if not slots.locked():  # a free slot: take it without a task to wait in (the usual case)
+            await slots.acquire()
+            try:
+                return await call_next(message)
+            finally:
+                slots.release()
         acquiring = asyncio.ensure_future(slots.acquire())
         await asyncio.wait([acquiring, stopping], return_when=asyncio.FIRST_COMPLETED)
         if not acquiring.done():
