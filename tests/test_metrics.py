@@ -159,6 +159,8 @@ async def test_metrics_of_every_service_move_when_tasks_run(
     assert value(scheduler, "opspawn_projection_lag_events", **events) == 0
     work = {"stream": subjects.work_stream, "consumer": subjects.runner_work_consumer}
     assert ("opspawn_consumer_pending_messages", frozenset(work.items())) in scheduler
+    first = {"stream": subjects.events_stream, "consumer": subjects.runner_submitted_consumer}
+    assert ("opspawn_consumer_pending_messages", frozenset(first.items())) in scheduler
 
     runner_before, runner = before["agent-runner-1"], after["agent-runner-1"]
     calls = "opspawn_tool_call_duration_seconds_count"
