@@ -26,7 +26,7 @@ from types import TracebackType
 
 import httpx
 import nats
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from opspawn_cli.endpoints import write_endpoints
 from opspawn_cli.settings import CliSettings
@@ -39,6 +39,9 @@ from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.migrate import migrate
 
 READY_TIMEOUT_SECONDS = 60.0
+# Until a service has created its consumer the lookup says not found; in a cluster a new
+# consumer answers nothing (or 503) until its group has elected a leader.
+CONSUMER_NOT_READY = (NotFoundError, ServiceUnavailableError, TimeoutError)
 UNSYNCED_WARNING = (
     "OPSPAWN_NATS_SYNC_ALWAYS=false: JetStream acknowledges events before they are on disk; "
     "a machine crash or power loss can lose acknowledged tasks and events"
@@ -251,8 +254,8 @@ class LocalSystem:
                         ("agent-runner", subjects.work_stream, subjects.runner_work_consumer),
                     ):
                         if name in waiting:
-                            with contextlib.suppress(NotFoundError):
-                                await js.consumer_info(stream, durable)
+                            with contextlib.suppress(*CONSUMER_NOT_READY):
+                                await js.consumer_info(stream, durable, timeout=2)
                                 waiting.discard(name)
                     if "mcp-proxy" in waiting:
                         with contextlib.suppress(nats.errors.NoRespondersError, TimeoutError):
