@@ -22,7 +22,7 @@ def main() -> None:
         nargs="+",
         choices=PATHS,
         default=[BASELINE, "lean"],
-        help=f"the traffic: lean today's, v3, v2 and v1 before it ({BASELINE} is the baseline)",
+        help=f"the traffic: lean today's, v4, v3, v2 and v1 before it ({BASELINE} is the baseline)",
     )
     parser.add_argument("--output", type=Path, help="also write the figures to this JSON file")
     options = parser.parse_args()

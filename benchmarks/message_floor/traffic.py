@@ -3,11 +3,11 @@
 Every Opspawn task moves the same messages through NATS, whatever the code around them does.
 Today's path (``--path lean``): the gateway sends the submission as a request; the scheduler
 appends TaskSubmitted (expecting the task's history to be empty) and answers; a runner takes the
-TaskSubmitted itself from the events stream through the runners' durable consumer, appends its
-journal of a one-step task one event after another (TaskStarted carrying the step's intent,
-TaskCompleted carrying its outcomes, each expecting the previous one's sequence) and acks it (an
-ack on a limits stream writes nothing); the projection reads all three events. Three fsynced
-messages a task.
+TaskSubmitted itself from the events stream through the runners' durable consumer, runs the
+one-step no-op task (an inline call, which needs no record before it runs) and appends one
+TaskCompleted carrying the claim, the step's intent and its outcome (expecting the
+TaskSubmitted's sequence), then acks it (an ack on a limits stream writes nothing); the
+projection reads both events. Two fsynced messages a task.
 
 The paths before it, run in the same process tree as the baselines the report compares with:
 ``v1`` is the traffic issue 14 measured (the gateway stores a command that the scheduler pulls
@@ -16,7 +16,8 @@ events: TaskStarted, ToolCallRequested, ToolCallCompleted, AgentStepCompleted, T
 ``v2`` the same with the journal of TaskStarted v2 (TaskStarted with the intent, StepCompleted,
 TaskCompleted); ``v3`` the submission as a request and that two-event journal, but with a work
 item the scheduler queues (and waits for) before it answers, which the runner pulls from the work
-stream (four fsynced messages a task).
+stream (four fsynced messages a task); ``v4`` as ``lean`` with the claim stored on its own first
+(TaskStarted with the intent, then TaskCompleted with the outcome: three).
 
 The benchmark sends exactly that traffic, with the real streams, consumers, subjects and headers
 (:mod:`opspawn_contracts`) and payloads of a real event's size, from three processes standing in
@@ -63,7 +64,8 @@ from opspawn_messaging.streams import ensure_streams
 PAYLOAD = b"x" * 500
 """About the size of an encoded event or command of a one-step no-op task."""
 JOURNALS: dict[str, tuple[str, ...]] = {
-    "lean": ("TaskStarted", "TaskCompleted"),
+    "lean": ("TaskCompleted",),
+    "v4": ("TaskStarted", "TaskCompleted"),
     "v3": ("TaskStarted", "TaskCompleted"),
     "v2": ("TaskStarted", "StepCompleted", "TaskCompleted"),
     "v1": ("TaskStarted", "ToolCallRequested", "ToolCallCompleted", "AgentStepCompleted",
@@ -72,8 +74,10 @@ JOURNALS: dict[str, tuple[str, ...]] = {
 """The events a runner appends for a one-step task, by path."""
 PATHS = tuple(JOURNALS)
 BASELINE = "v1"
-REQUESTS = ("lean", "v3")
+REQUESTS = ("lean", "v4", "v3")
 """The paths on which a submission is a request the scheduler answers (not a stored command)."""
+FROM_SUBMITTED = ("lean", "v4")
+"""The paths on which runners take a first attempt from its TaskSubmitted (not a work item)."""
 RUNNER_CONCURRENCY = 8
 CLIENTS = 32
 
@@ -96,8 +100,8 @@ async def _append(
 
 
 async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: Connection) -> None:
-    """Submissions in, TaskSubmitted (+ a work item before ``lean``) out; and the projection's
-    read of every event. ``lean`` and ``v3`` answer requests; the older paths pull stored
+    """Submissions in, TaskSubmitted (+ a work item before ``v4``) out; and the projection's
+    read of every event. ``lean``, ``v4`` and ``v3`` answer requests; the older paths pull stored
     commands and ack them."""
     client = await nats.connect(url)
     js = client.jetstream()
@@ -117,7 +121,7 @@ async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: 
 
     async def submit(task_id: uuid.UUID) -> None:
         submitted_at = await _append(js, subjects, task_id, "TaskSubmitted", 0)
-        if path == "lean":
+        if path in FROM_SUBMITTED:
             return  # the TaskSubmitted is the runner's work
         await js.publish(
             subjects.work("agent_run"),
@@ -173,11 +177,11 @@ async def _scheduler(url: str, subjects: Subjects, path: str, tasks: int, done: 
 async def _runner(
     url: str, subjects: Subjects, path: str, stop_after: float, ready: Connection
 ) -> None:
-    """Work in (TaskSubmitted events on ``lean``, work items before); the journal's chained
+    """Work in (TaskSubmitted events from ``v4`` on, work items before); the journal's chained
     appends and an ack per task, eight at a time."""
     client = await nats.connect(url)
     js = client.jetstream()
-    if path == "lean":
+    if path in FROM_SUBMITTED:
         work = await js.pull_subscribe(
             subjects.events_of_type("TaskSubmitted"),
             durable=subjects.runner_submitted_consumer,
@@ -193,7 +197,7 @@ async def _runner(
     running: set[asyncio.Task[None]] = set()
 
     async def attempt(message: Msg) -> None:
-        if path == "lean":  # the history ends at the TaskSubmitted itself
+        if path in FROM_SUBMITTED:  # the history ends at the TaskSubmitted itself
             task_id = subjects.task_id_of(message.subject)
             after = message.metadata.sequence.stream
         else:  # the work item says where it ended (the real one: after_sequence)
@@ -278,13 +282,13 @@ def _cpu(process: psutil.Process) -> float:
 
 
 async def _prepare(url: str, subjects: Subjects, path: str) -> None:
-    """The streams as the path had them: the runners' TaskSubmitted consumer only on ``lean``
+    """The streams as the path had them: the runners' TaskSubmitted consumer from ``v4`` on
     (idle, it would still cost the server some work per event), the older paths' work stream a
     work queue."""
     client = await nats.connect(url)
     js = client.jetstream()
     await ensure_streams(js, subjects)
-    if path != "lean":
+    if path not in FROM_SUBMITTED:
         await js.delete_consumer(subjects.events_stream, subjects.runner_submitted_consumer)
     if path not in REQUESTS:
         [work] = [c for c in stream_configs(subjects) if c.name == subjects.work_stream]

@@ -32,6 +32,7 @@ from opspawn_contracts.events import (
     TaskSubmittedData,
 )
 from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import fold
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
 from opspawn_messaging.streams import unsettled_runner_work
@@ -144,12 +145,17 @@ def _intent(step: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def started(tool: str | None = None, arguments: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """TaskStarted of attempt 1, with the first step's intent when it has one."""
+def claim_of(tool: str | None = None, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attempt 1's claim, with the first step's intent when it has one."""
     data: dict[str, Any] = {"attempt": 1, "runner_id": RUNNER_ID}
     if tool is not None:
         data["first_step"] = _intent(0, tool, arguments or {})
-    return ("TaskStarted", data)
+    return data
+
+
+def started(tool: str | None = None, arguments: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """TaskStarted of attempt 1, with the first step's intent when it has one."""
+    return ("TaskStarted", claim_of(tool, arguments))
 
 
 def step_started(step: int, tool: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -206,6 +212,62 @@ async def test_a_two_step_plan_completes_with_every_step_recorded(
                     "result": 20,
                 },
                 "last_step": outcomes(1, "math.multiply", result=20),
+            },
+        ),
+    ]
+    assert_one_chain(history, submitted)
+
+
+NOOP: dict[str, JsonValue] = {"tool": "util.noop", "args": {}}
+NOOP_STEP: dict[str, JsonValue] = {"tool": "util.noop", "args": {}, "result": None}
+
+
+async def test_a_one_step_plan_of_inline_calls_is_one_event_with_its_claim_and_step(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """``util.noop`` runs inline (it can change nothing outside the run), so its step runs
+    before anything is recorded, and the attempt's claim, intent and outcome are one write."""
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [NOOP]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        (
+            "TaskCompleted",
+            {
+                "attempt": 1,
+                "output_data": {"steps": [NOOP_STEP], "result": None},
+                "last_step": outcomes(0, "util.noop"),
+                "started": claim_of("util.noop"),
+            },
+        ),
+    ]
+    assert history[1].event.schema_version == 2
+    assert_one_chain(history, submitted)
+    state = fold(stored.event for stored in history)
+    assert state is not None
+    assert (state.status, state.attempt) == ("completed", 1)
+
+
+async def test_an_inline_first_step_is_recorded_before_a_second_step_runs(
+    runner: RunnerSettings, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """Only an attempt that ends right after its inline first step is one write: a further step
+    (here a sandboxed one) gets the claim, the first step and its own intent stored first."""
+    task_id, submitted = await submit(jetstream, subjects, {"plan": [NOOP, ADD]})
+
+    history = await finished_history(jetstream, subjects, task_id)
+
+    assert summary(history)[1:] == [
+        started("util.noop"),
+        step_completed(0, "util.noop"),
+        step_started(1, "math.add", {"a": 2, "b": 3}),
+        (
+            "TaskCompleted",
+            {
+                "attempt": 1,
+                "output_data": {"steps": [NOOP_STEP, ADD_STEP], "result": 5},
+                "last_step": outcomes(1, "math.add", result=5),
             },
         ),
     ]
@@ -369,10 +431,14 @@ async def test_a_task_without_a_plan_fails_saying_what_to_provide(
     history = await finished_history(jetstream, subjects, task_id)
 
     assert summary(history)[1:] == [
-        started(),
         (
             "TaskFailed",
-            {"attempt": 1, "error_message": NO_PLAN_MESSAGE, "output_data": {"steps": []}},
+            {
+                "attempt": 1,
+                "error_message": NO_PLAN_MESSAGE,
+                "output_data": {"steps": []},
+                "started": claim_of(),
+            },
         ),
     ]
     assert "provide input_data.plan" in NO_PLAN_MESSAGE

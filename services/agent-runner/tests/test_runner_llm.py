@@ -271,13 +271,13 @@ async def test_a_model_server_that_refuses_fails_the_task_saying_why(
     chat.add(ScriptedReply(status=401, body=b'{"error": {"message": "Incorrect API key"}}'))
     history = await finished(jetstream, subjects, await submit(jetstream, subjects, {"goal": GOAL}))
     assert outline(history) == [
-        ("TaskStarted", {}),
         (
             "TaskFailed",
             {
                 "error_message": f"the model server at {chat.base_url}/chat/completions refused "
                 "the request: HTTP 401: Incorrect API key",
                 "output_data": {"steps": []},
+                "started": {"attempt": 1, "runner_id": system.runner_id},
             },
         ),
     ]

@@ -17,7 +17,10 @@ A runner records a task's steps as its journal, one record per step boundary: th
 (every tool call with its arguments) before any call runs, and the calls' outcomes once they have
 run. The first step's intent rides in the attempt's ``TaskStarted`` (schema version 2), so the
 claim and the first intent are one durable write; later steps are ``StepStarted``; every step's
-outcomes are ``StepCompleted``. Streams written before version 2 hold one ``ToolCallRequested``
+outcomes are ``StepCompleted``. An attempt that needs no record before it ends (it ran only
+steps whose calls change nothing outside the run, see :attr:`TaskCompletedData.started`) is one
+durable write: its terminal event carries the claim and the steps. Streams written before
+TaskStarted version 2 hold one ``ToolCallRequested``
 and ``ToolCallCompleted`` per call and an ``AgentStepCompleted`` per step instead: those types are
 still read (and projected as they were), never written.
 
@@ -209,6 +212,11 @@ class TaskCompletedData(_Data):
     output_data: dict[str, JsonValue]
     last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
     """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
+    started: TaskStartedData | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attempt's claim, when it was not stored as a TaskStarted of its own (version 2): the
+    attempt recorded nothing before it ended, because nothing it ran needed a record first (no
+    step, or one whose calls all ran inline, see ``agentkit.tools.registry``). The event then
+    stands for the TaskStarted it carries, followed by itself."""
 
 
 class TaskFailedData(_Data):
@@ -218,6 +226,11 @@ class TaskFailedData(_Data):
     """What the steps before the failure produced, so a client can see how far it got."""
     last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
     """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
+    started: TaskStartedData | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attempt's claim, when it was not stored as a TaskStarted of its own (version 2): the
+    attempt recorded nothing before it ended, because nothing it ran needed a record first (no
+    step, or one whose calls all ran inline, see ``agentkit.tools.registry``). The event then
+    stands for the TaskStarted it carries, followed by itself."""
 
 
 class TaskCancelledData(_Data):
@@ -233,6 +246,11 @@ class TaskAttemptFailedData(_Data):
     output_data: dict[str, JsonValue] | None = None
     last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
     """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
+    started: TaskStartedData | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attempt's claim, when it was not stored as a TaskStarted of its own (version 2): the
+    attempt recorded nothing before it ended, because nothing it ran needed a record first (no
+    step, or one whose calls all ran inline, see ``agentkit.tools.registry``). The event then
+    stands for the TaskStarted it carries, followed by itself."""
 
 
 class TaskRetryScheduledData(_Data):
@@ -297,11 +315,13 @@ class ToolCallCompleted(_Envelope):
 
 class TaskCompleted(_Envelope):
     event_type: Literal["TaskCompleted"] = "TaskCompleted"
+    schema_version: int = 2
     data: TaskCompletedData
 
 
 class TaskFailed(_Envelope):
     event_type: Literal["TaskFailed"] = "TaskFailed"
+    schema_version: int = 2
     data: TaskFailedData
 
 
@@ -312,6 +332,7 @@ class TaskCancelled(_Envelope):
 
 class TaskAttemptFailed(_Envelope):
     event_type: Literal["TaskAttemptFailed"] = "TaskAttemptFailed"
+    schema_version: int = 2
     data: TaskAttemptFailedData
 
 
@@ -359,6 +380,14 @@ CURRENT_SCHEMA_VERSIONS: dict[str, int] = {
 @UPCASTERS.register("TaskStarted", from_version=1)
 def _task_started_without_first_step(stored: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added ``data.first_step``; a version 1 TaskStarted recorded no step."""
+    return {**stored, "schema_version": 2}
+
+
+@UPCASTERS.register("TaskCompleted", from_version=1)
+@UPCASTERS.register("TaskFailed", from_version=1)
+@UPCASTERS.register("TaskAttemptFailed", from_version=1)
+def _attempt_end_without_claim(stored: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added ``data.started``; in version 1 every attempt's claim was a TaskStarted."""
     return {**stored, "schema_version": 2}
 
 

@@ -102,6 +102,15 @@ def runner_attempt(event: Event) -> int | None:
     return attempt or None
 
 
+def claimed_attempt(event: Event) -> int | None:
+    """The attempt whose claim ``event`` stores: a TaskStarted's, or that of an attempt's last
+    event carrying its claim (``data.started``); ``None`` for any other event."""
+    if isinstance(event, TaskStarted):
+        return event.data.attempt
+    started = getattr(event.data, "started", None)
+    return None if started is None else int(started.attempt)
+
+
 def is_superseded(state: TaskView | None, event: Event) -> bool:
     """Whether ``event`` comes from an attempt older than the task's current one."""
     attempt = runner_attempt(event)
@@ -143,14 +152,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
         return state
     match event:
         case TaskStarted():
-            return state.model_copy(
-                update={
-                    "status": TaskStatus.RUNNING,
-                    "attempt": event.data.attempt,
-                    "retry_at": None,
-                    "updated_at": event.occurred_at,
-                }
-            )
+            return _started(state, event.data.attempt, event.occurred_at)
         case (
             StepStarted()
             | StepCompleted()
@@ -160,6 +162,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
         ):
             return state.model_copy(update={"updated_at": event.occurred_at})
         case TaskCompleted():
+            state = _claimed_by(state, event)
             return state.model_copy(
                 update={
                     "status": TaskStatus.COMPLETED,
@@ -169,6 +172,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                 }
             )
         case TaskFailed():
+            state = _claimed_by(state, event)
             return state.model_copy(
                 update={
                     "status": TaskStatus.FAILED,
@@ -188,6 +192,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
                 }
             )
         case TaskAttemptFailed():
+            state = _claimed_by(state, event)
             return state.model_copy(
                 update={"error_message": event.data.error_message, "updated_at": event.occurred_at}
             )
@@ -212,3 +217,21 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
             )
         case _:
             assert_never(event)
+
+
+def _started(state: TaskView, attempt: int, at: datetime) -> TaskView:
+    return state.model_copy(
+        update={
+            "status": TaskStatus.RUNNING,
+            "attempt": attempt,
+            "retry_at": None,
+            "updated_at": at,
+        }
+    )
+
+
+def _claimed_by(state: TaskView, event: TaskCompleted | TaskFailed | TaskAttemptFailed) -> TaskView:
+    """The state after the TaskStarted an attempt's last event carries (``data.started``), if
+    it carries one: the attempt starts and ends in one event."""
+    started = event.data.started
+    return state if started is None else _started(state, started.attempt, event.occurred_at)

@@ -188,6 +188,8 @@ def count_projected(events: Iterable[Event | None]) -> None:
     """Count the status changes among events the projection just committed."""
     for event in events:
         if event is not None:
+            if getattr(event.data, "started", None) is not None:
+                TASKS.labels("running").inc()  # the attempt's claim rides in its last event
             status = _STATUS_OF_EVENT.get(event.event_type)
             if status is not None:
                 TASKS.labels(status).inc()

@@ -110,6 +110,7 @@ async def running(
             max_steps=settings.max_steps,
             security=ToolAllowlist(settings.tool_allowlist),
             planners=PlannerSelection(model),
+            runs_inline=tools.runs_inline,
         )
         consumer = WorkConsumer(
             js,

@@ -18,7 +18,8 @@ may say otherwise. :func:`claim` decides:
   the second case, with no item left to finish it;
 - attempt ``n`` already ended with TaskAttemptFailed: the scheduler decides what comes next.
 
-The claim holds only if TaskStarted is appended at the sequence the history ended at; the caller
+The claim holds only if its record (TaskStarted, or the one event of an attempt that records
+nothing before its end) is appended at the sequence the history ended at; the caller
 decides again from fresh history when it is not.
 """
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opspawn_contracts.events import TaskAttemptFailed, TaskStarted
+from opspawn_contracts.events import TaskAttemptFailed
+from opspawn_contracts.task import claimed_attempt
 from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import StoredEvent, TaskHistory
 
@@ -74,10 +76,7 @@ def claim(
 
 
 def _started(history: list[StoredEvent], attempt: int) -> bool:
-    return any(
-        isinstance(stored.event, TaskStarted) and stored.event.data.attempt == attempt
-        for stored in history
-    )
+    return any(claimed_attempt(stored.event) == attempt for stored in history)
 
 
 def _ended(history: list[StoredEvent], attempt: int) -> bool:

@@ -3,8 +3,10 @@
 For an assignment the runner records its journal (:mod:`agent_runner.journal`): ``TaskStarted``
 with the first step's intent, ``StepStarted`` for each later step's intent, ``StepCompleted`` with
 each step's outcomes (a plan's last step's ride in the terminal event), then ``TaskCompleted``
-with the output or ``TaskFailed`` with the error and the partial output. All carry the attempt
-and form one causation chain, fenced by the attempt number (see :mod:`agent_runner.event_chain`).
+with the output or ``TaskFailed`` with the error and the partial output. (A plan whose one step
+only calls inline tools is a single ``TaskCompleted`` carrying its claim and step.) All carry
+the attempt and form one causation chain, fenced by the attempt number (see
+:mod:`agent_runner.event_chain`).
 
 Which attempt runs is decided from the task's history first (:mod:`agent_runner.attempts`): a
 redelivered item whose attempt had started is taken over as the next attempt; a finished task, a
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
@@ -84,15 +87,19 @@ class TaskExecution:
         max_steps: int = 50,
         security: SecurityManager | None = None,
         planners: PlannerSelection | None = None,
+        runs_inline: Callable[[str], bool] | None = None,
     ) -> None:
         """``security`` defaults to allowing every tool a task's own ``allowed_tools`` allows;
-        ``planners`` to plans only (no language model)."""
+        ``planners`` to plans only (no language model); ``runs_inline`` says which of the
+        tools run inline (none without it), so the journal may run them before it records
+        (see :mod:`agent_runner.journal`)."""
         self._log = log
         self._tools = tools
         self._runner_id = runner_id
         self._max_steps = max_steps
         self._security = security or ToolAllowlist(["*"])
         self._planners = planners or PlannerSelection()
+        self._runs_inline = runs_inline
 
     async def execute(
         self, assignment: TaskAssignment, *, release: asyncio.Event, redelivered: bool = False
@@ -124,6 +131,7 @@ class TaskExecution:
                 on_claimed=partial(_log_takeover, assignment),
                 hold_outcomes=not isinstance(choice, str)
                 and getattr(choice.planner, "decides_locally", False),
+                runs_inline=self._runs_inline,
             )
             task = f"task {assignment.task_id} attempt {decided.attempt}"
             try:

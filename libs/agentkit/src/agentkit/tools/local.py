@@ -37,6 +37,10 @@ class LocalTools:
     async def list_tools(self) -> Sequence[ToolSpec]:
         return self.registry.schemas()
 
+    def runs_inline(self, tool: str) -> bool:
+        """Whether a call of ``tool`` runs inline here (an unknown tool does not)."""
+        return tool in self.registry and self.registry.get(tool).inline
+
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         tool = self.registry.get(call.tool)
         arguments = tool.validate_arguments(call.arguments)

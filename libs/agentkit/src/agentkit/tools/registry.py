@@ -11,7 +11,9 @@ sandbox exists to contain code that may hang, eat memory, crash its interpreter 
 machine; a tool that is part of the runner's own code and does a fixed, tiny amount of work
 whatever its arguments (``util.noop``) can do none of that, and sending it to another process
 would cost more than everything else in its step. Nothing can interrupt an inline tool, so a tool
-whose work grows with its input, or that waits, sleeps or does I/O, is never inline.
+whose work grows with its input, or that waits, sleeps or does I/O, is never inline. It follows
+that an inline tool changes nothing outside the run: a runner may call it before recording that it
+will (``agent_runner.journal``), since a repeat after a crash is the same call with no trace.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ class ToolRouter:
             *(spec for spec in remote if spec.name.split(".")[0] not in self._local.namespaces),
         ]
 
+    def runs_inline(self, tool: str) -> bool:
+        """Whether a call of ``tool`` runs inline (only local tools can)."""
+        return self._local.runs_inline(tool)
+
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:
             namespace, _ = split_tool_name(call.tool)
