@@ -1,4 +1,5 @@
-"""Attempts as fencing tokens: takeovers, a slow runner superseded, cancels, retries, deadlines.
+"""Attempts as fencing tokens: takeovers (resuming from the journal), a slow runner superseded,
+cancels, retries, deadlines.
 
 Runs the runner in-process with ``app.running`` on a real nats-server; a "crashed" or "slow"
 runner is played by the test with the same contracts (a pull on the shared consumer, the real
@@ -26,18 +27,25 @@ from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     StepCompleted,
     StepCompletedData,
+    StepIntent,
+    StepStarted,
+    StepStartedData,
     TaskCancelled,
     TaskCancelledData,
+    TaskCompleted,
+    TaskFailed,
     TaskOptions,
     TaskStarted,
     TaskStartedData,
     TaskSubmitted,
     TaskSubmittedData,
+    ToolCallIntent,
     ToolCallOutcome,
     utc_now,
 )
 from opspawn_contracts.streams import runner_submitted_consumer
 from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import runner_attempt
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
@@ -373,3 +381,129 @@ async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over
 
 async def _unsettled_work(js: JetStreamContext, subjects: Subjects) -> int:
     return await unsettled_runner_work(js, subjects)
+
+
+def _intent(step_index: int, tool: str, arguments: dict[str, JsonValue]) -> StepIntent:
+    return StepIntent(
+        step_index=step_index,
+        calls=[ToolCallIntent(call_id=f"plan-{step_index}", tool=tool, arguments=arguments)],
+    )
+
+
+async def _crash_after(
+    js: JetStreamContext,
+    subjects: Subjects,
+    plan: list[dict[str, Any]],
+    recorded_result: JsonValue,
+) -> TaskAssignment:
+    """A task whose attempt 1 ran step 1 (recording ``recorded_result``) and recorded step 2 as
+    started, then its runner died: the journal a takeover finds."""
+    crashed = await _crashing_runner(js, subjects)
+    assignment = await _submit(js, subjects, list[JsonValue](plan))
+    await crashed.fetch(1, timeout=5)
+    steps = plan
+    chain = EventChain(EventLog(js, subjects), assignment, after_sequence=assignment.after_sequence)
+    first = _intent(0, steps[0]["tool"], steps[0]["args"])
+    for event in (
+        TaskStarted(
+            **chain.envelope(),
+            data=TaskStartedData(attempt=1, runner_id="crashed", first_step=first),
+        ),
+        StepCompleted(
+            **chain.envelope(),
+            data=StepCompletedData(
+                attempt=1,
+                step_index=0,
+                outcomes=[
+                    ToolCallOutcome(
+                        call_id="plan-0",
+                        tool=steps[0]["tool"],
+                        ok=True,
+                        result=recorded_result,
+                        duration_ms=1.0,
+                    )
+                ],
+            ),
+        ),
+        StepStarted(
+            **chain.envelope(),
+            data=StepStartedData(
+                attempt=1,
+                step=_intent(1, steps[1]["tool"], steps[1]["args"]),
+            ),
+        ),
+    ):
+        await chain.append(event)
+    await crashed.unsubscribe()
+    return assignment
+
+
+async def test_a_takeover_resumes_after_the_finished_steps_and_repeats_a_safe_unfinished_one(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """Step 1 finished (its recorded result is not what ``math.add`` would return, so a re-run
+    would show); step 2 was started, and ``math.multiply`` is safe to repeat."""
+    plan: list[dict[str, Any]] = [
+        {"tool": "math.add", "args": {"a": 1, "b": 2}},
+        {"tool": "math.multiply", "args": {"a": 10, "b": 4}},
+        {"tool": "math.subtract", "args": {"a": 50, "b": 8}},
+    ]
+    assignment = await _crash_after(jetstream, subjects, plan, recorded_result=1000)
+
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    takeover = [stored.event for stored in history if runner_attempt(stored.event) == 2]
+    intents = []
+    for event in takeover:
+        if isinstance(event, TaskStarted) and event.data.first_step is not None:
+            intents.append(event.data.first_step.step_index)
+        elif isinstance(event, StepStarted):
+            intents.append(event.data.step.step_index)
+    assert intents == [1, 2]  # step 1 (index 0) is not run again
+    completed = history[-1].event
+    assert isinstance(completed, TaskCompleted)
+    assert completed.data.attempt == 2
+    assert completed.data.output_data == {
+        "steps": [
+            {"tool": "math.add", "args": {"a": 1, "b": 2}, "result": 1000},
+            {"tool": "math.multiply", "args": {"a": 10, "b": 4}, "result": 40},
+            {"tool": "math.subtract", "args": {"a": 50, "b": 8}, "result": 42},
+        ],
+        "result": 42,
+    }
+
+
+async def test_a_takeover_does_not_repeat_an_unfinished_call_that_is_not_safe_to_repeat(
+    nats_server: EmbeddedNats, jetstream: JetStreamContext, subjects: Subjects
+) -> None:
+    """A tool of an MCP server declares nothing here, so it is not safe to repeat: the task fails
+    saying the outcome is unknown, naming the call, and the call is not made again."""
+    plan: list[dict[str, Any]] = [
+        {"tool": "math.add", "args": {"a": 1, "b": 2}},
+        {"tool": "mailer.send", "args": {"to": "ops@example.com"}},
+    ]
+    assignment = await _crash_after(jetstream, subjects, plan, recorded_result=3)
+
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    failed = history[-1].event
+    assert isinstance(failed, TaskFailed)
+    assert failed.data.attempt == 2
+    assert failed.data.error_message.startswith("outcome unknown: step 2 was started by an")
+    assert 'mailer.send {"to": "ops@example.com"}' in failed.data.error_message
+    assert failed.data.output_data == {
+        "steps": [{"tool": "math.add", "args": {"a": 1, "b": 2}, "result": 3}]
+    }
+    takeover = [stored.event for stored in history if runner_attempt(stored.event) == 2]
+    assert not any(isinstance(event, StepStarted) for event in takeover)
+    assert all(
+        not isinstance(event, TaskStarted) or event.data.first_step is None for event in takeover
+    )

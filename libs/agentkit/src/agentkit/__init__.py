@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from agentkit.interfaces import Memory as Memory
     from agentkit.interfaces import Message as Message
     from agentkit.interfaces import Planner as Planner
+    from agentkit.interfaces import RepeatSafety as RepeatSafety
     from agentkit.interfaces import RunState as RunState
     from agentkit.interfaces import SecurityManager as SecurityManager
     from agentkit.interfaces import ToolCall as ToolCall
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from agentkit.security import AllowAllTools as AllowAllTools
     from agentkit.security import ToolAllowlist as ToolAllowlist
     from agentkit.steps import AgentResult as AgentResult
+    from agentkit.steps import RecordedStep as RecordedStep
     from agentkit.steps import StepFinished as StepFinished
     from agentkit.steps import StepRecord as StepRecord
     from agentkit.steps import StepStarted as StepStarted
@@ -108,6 +110,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "Memory",
         "Message",
         "Planner",
+        "RepeatSafety",
         "RunState",
         "SecurityManager",
         "ToolCall",
@@ -120,6 +123,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "agentkit.security": ("AllowAllTools", "ToolAllowlist"),
     "agentkit.steps": (
         "AgentResult",
+        "RecordedStep",
         "StepFinished",
         "StepRecord",
         "StepStarted",

@@ -13,8 +13,19 @@ cannot be recorded should not carry on unrecorded.
 
 The conversation goes to ``memory``: first the task (:func:`task_message`), then per step one
 assistant message with the step's tool calls and one tool message per call with its result or
-error. Tools are listed once per run and only those the security manager allows are offered to
-the planner; the run's own allowlist is ``context.allowed_tools`` (see :mod:`agentkit.security`).
+error.
+
+A run may resume from what an earlier attempt recorded (``resume_from``, see
+:class:`~agentkit.steps.RecordedStep`): the recorded steps that finished are fed back into memory
+and the completed steps as they were, with no planner decision and no call, and the run goes on
+after them. A step recorded as failed (where a failure stops the run) is decided and run again: a
+failed call's outcome is known. A step recorded as started and never as finished may have run:
+it is repeated only if every one of its calls is safe to repeat (``repeat_safe``); otherwise the
+run stops with :attr:`~agentkit.steps.StopReason.OUTCOME_UNKNOWN`, naming the calls. Never
+silently twice. Records are not emitted again for replayed steps (they are in the journal).
+
+Tools are listed once per run and only those the security manager allows are offered to the
+planner; the run's own allowlist is ``context.allowed_tools`` (see :mod:`agentkit.security`).
 
 Tracing (OpenTelemetry API; a no-op unless the process installed a tracer provider): each step is
 an ``agent step`` span (the last, when the planner answers, ``agent final answer``) and each tool
@@ -50,11 +61,13 @@ from agentkit.interfaces import (
     RunState,
     SecurityManager,
     ToolCall,
+    ToolCalls,
     ToolManager,
     ToolSpec,
 )
 from agentkit.steps import (
     AgentResult,
+    RecordedStep,
     StepFinished,
     StepRecord,
     StepStarted,
@@ -147,11 +160,16 @@ class Agent:
         cancel: asyncio.Event | None = None,
         timeout_seconds: float | None = None,
         context: CallContext | None = None,
+        resume_from: Sequence[RecordedStep] = (),
+        repeat_safe: Callable[[str], bool] | None = None,
     ) -> AgentResult:
         """Run until a stop condition; never raises for a failure of the task itself.
 
         ``timeout_seconds`` bounds the whole run (the deadline); setting ``cancel`` stops it.
         ``context.allowed_tools`` is the run's own allowlist, for the security manager.
+        ``resume_from`` is an earlier attempt's record of the steps, oldest first, to go on from;
+        ``repeat_safe`` says which tools may be called again when their outcome is unknown (none
+        without it). See the module's doc.
         """
         context = context or CallContext()
         run = _Run(
@@ -161,8 +179,13 @@ class Agent:
             cancel=cancel,
             timeout_seconds=timeout_seconds,
             context=context,
+            repeat_safe=repeat_safe or _nothing_is_repeat_safe,
         )
-        return await run.execute()
+        return await run.execute(resume_from)
+
+
+def _nothing_is_repeat_safe(tool: str) -> bool:
+    return False
 
 
 class _Run:
@@ -177,8 +200,12 @@ class _Run:
         cancel: asyncio.Event | None,
         timeout_seconds: float | None,
         context: CallContext,
+        repeat_safe: Callable[[str], bool],
     ) -> None:
         self._parts = parts
+        self._repeat_safe = repeat_safe
+        self._unfinished: RecordedStep | None = None
+        """A step an earlier attempt started and never recorded as finished: the next to run."""
         self._input = input_data
         self._on_step = on_step
         self._cancel = cancel
@@ -190,8 +217,9 @@ class _Run:
         self._completed_steps: list[tuple[CallOutcome, ...]] = []
         self._current_step: list[CallOutcome] = []
 
-    async def execute(self) -> AgentResult:
+    async def execute(self, resume_from: Sequence[RecordedStep]) -> AgentResult:
         self._parts.memory.add(Message(role="user", content=task_message(self._input)))
+        self._replay(resume_from)
         try:
             if getattr(self._parts.planner, "offers_tools", True):
                 tools = await self._interruptible(self._offered_tools)
@@ -221,14 +249,27 @@ class _Run:
             memory=parts.memory,
             tools=tools,
         )
+        unfinished = self._unfinished
+        self._unfinished = None
         try:
-            decision = await self._interruptible(partial(parts.planner.decide, state))
+            if unfinished is not None and not getattr(parts.planner, "decides_locally", False):
+                # The recorded decision stands in for the model's: it is not asked again.
+                decision: ToolCalls | FinalAnswer = ToolCalls(
+                    calls=unfinished.calls, message=unfinished.message
+                )
+            else:
+                decision = await self._interruptible(partial(parts.planner.decide, state))
         except LlmError as error:
             return self._failure(StopReason.LLM_FAILED, str(error))
         except PlanError as error:
             return self._failure(StopReason.PLAN_INVALID, str(error))
         except _Interrupted as interrupted:
             return self._interrupted(interrupted.reason, step_index, None)
+        if unfinished is not None and isinstance(decision, ToolCalls):
+            unsafe = [call for call in decision.calls if not self._repeat_safe(call.tool)]
+            if unsafe:
+                unknown = _outcome_unknown(step_index, unsafe)
+                return self._failure(StopReason.OUTCOME_UNKNOWN, unknown)
         if isinstance(decision, FinalAnswer):
             output = {**self._partial_output(), "result": decision.result}
             return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
@@ -258,6 +299,26 @@ class _Run:
         self._current_step = []
         return ended
 
+    def _replay(self, recorded: Sequence[RecordedStep]) -> None:
+        """Take the recorded steps that finished as this run's own, up to the first that did
+        not: a failed one is decided and run again; an unfinished one is the next step."""
+        memory = self._parts.memory
+        for step in recorded:
+            if step.step_index != len(self._completed_steps):
+                return  # not the next step: nothing after a gap is taken as done
+            if step.outcomes is None:
+                self._unfinished = step
+                return
+            finished = len(step.outcomes) == len(step.calls)
+            if not finished or (
+                self._parts.stop_on_tool_error and not all(o.ok for o in step.outcomes)
+            ):
+                return
+            memory.add(Message(role="assistant", content=step.message or "", tool_calls=step.calls))
+            for outcome in step.outcomes:
+                memory.add(_tool_message(outcome.call.call_id, outcome.result, outcome.error))
+            self._completed_steps.append(step.outcomes)
+
     async def _run_call(
         self, step_index: int, call: ToolCall
     ) -> tuple[ToolCallFinished, AgentResult | None]:
@@ -283,13 +344,7 @@ class _Run:
             interrupted = stop.reason
             error = self._interruption_text(stop.reason)
         duration_ms = (time.perf_counter() - started) * 1000
-        self._parts.memory.add(
-            Message(
-                role="tool",
-                content=json.dumps(result) if error is None else f"error: {error}",
-                tool_call_id=call.call_id,
-            )
-        )
+        self._parts.memory.add(_tool_message(call.call_id, result, error))
         outcome = ToolCallFinished(
             step_index=step_index,
             call_id=call.call_id,
@@ -381,3 +436,17 @@ class _Run:
     async def _emit(self, record: StepRecord) -> None:
         if self._on_step is not None:
             await self._on_step(record)
+
+
+def _tool_message(call_id: str, result: JsonValue, error: str | None) -> Message:
+    content = json.dumps(result) if error is None else f"error: {error}"
+    return Message(role="tool", content=content, tool_call_id=call_id)
+
+
+def _outcome_unknown(step_index: int, calls: Sequence[ToolCall]) -> str:
+    described = ", ".join(f"{call.tool} {json.dumps(call.arguments)}" for call in calls)
+    return (
+        f"outcome unknown: step {step_index + 1} was started by an earlier attempt that stopped "
+        f"before recording its outcome, so these calls may have run: {described}; they are not "
+        "declared safe to repeat, so they are not run again"
+    )

@@ -165,6 +165,15 @@ class ToolManager(Protocol):
 
 
 @runtime_checkable
+class RepeatSafety(Protocol):
+    """A tool manager that knows which of its tools are safe to call twice (see
+    :attr:`~agentkit.tools.registry.Tool.repeat_safe`): a resumed run repeats a call whose outcome
+    was never recorded only if its tool is."""
+
+    def repeat_safe(self, tool: str) -> bool: ...
+
+
+@runtime_checkable
 class SecurityManager(Protocol):
     def allows(self, tool: str, context: CallContext) -> bool:
         """Whether ``tool`` may be used at all in this run: only such tools are offered to a

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from pydantic import JsonValue
 
-from agentkit.interfaces import ToolCall
+from agentkit.interfaces import CallOutcome, ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,9 @@ class StopReason(StrEnum):
     MAX_STEPS = "max_steps"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """A resumed run found a step an earlier attempt started but never recorded as finished, and
+    a call of it is not safe to repeat: it may have happened, so it is not run again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +86,18 @@ class AgentResult:
     stop_reason: StopReason
     output: dict[str, JsonValue]
     error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """A step as an earlier attempt recorded it, for a run that resumes from that record.
+
+    ``calls`` is what the planner decided for it; ``outcomes`` what they returned, in call
+    order, or ``None`` when the step was recorded as started but never as finished (its calls
+    may or may not have run).
+    """
+
+    step_index: int
+    calls: tuple[ToolCall, ...]
+    message: str | None = None
+    outcomes: tuple[CallOutcome, ...] | None = None

@@ -111,6 +111,7 @@ async def running(
             security=ToolAllowlist(settings.tool_allowlist),
             planners=PlannerSelection(model),
             runs_inline=tools.runs_inline,
+            repeat_safe=tools.repeat_safe,
         )
         consumer = WorkConsumer(
             js,

@@ -12,6 +12,11 @@ Which attempt runs is decided from the task's history first (:mod:`agent_runner.
 redelivered item whose attempt had started is taken over as the next attempt; a finished task, a
 stale item or a copy of a running one is acknowledged without running.
 
+A retry or a takeover resumes from the journal (:mod:`opspawn_contracts.journal`): the steps an
+earlier attempt finished are fed back to the agent and not run again, and a step it left
+unfinished is repeated only if its tools are safe to repeat (see :mod:`agentkit.agent`). A first
+attempt has nothing to resume from.
+
 How a run ends, as an event: success is ``TaskCompleted``; a failure another attempt might not
 repeat (a tool or the model failed) with attempts left (``options.max_attempts``) is
 ``TaskAttemptFailed``, after which the scheduler schedules the retry; any other failure is
@@ -44,10 +49,13 @@ from agentkit import (
     AgentResult,
     BoundedMemory,
     CallContext,
+    CallOutcome,
+    RecordedStep,
     SecurityManager,
     StepRecord,
     StopReason,
     ToolAllowlist,
+    ToolCall,
     ToolManager,
 )
 from opspawn_contracts.deadlines import timed_out
@@ -61,6 +69,7 @@ from opspawn_contracts.events import (
     TaskTimedOut,
     utc_now,
 )
+from opspawn_contracts.journal import recorded_steps
 from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import (
     EventLog,
@@ -88,11 +97,13 @@ class TaskExecution:
         security: SecurityManager | None = None,
         planners: PlannerSelection | None = None,
         runs_inline: Callable[[str], bool] | None = None,
+        repeat_safe: Callable[[str], bool] | None = None,
     ) -> None:
         """``security`` defaults to allowing every tool a task's own ``allowed_tools`` allows;
         ``planners`` to plans only (no language model); ``runs_inline`` says which of the
         tools run inline (none without it), so the journal may run them before it records
-        (see :mod:`agent_runner.journal`)."""
+        (see :mod:`agent_runner.journal`); ``repeat_safe`` which may be called again by a
+        resumed attempt when their outcome is unknown (none without it)."""
         self._log = log
         self._tools = tools
         self._runner_id = runner_id
@@ -100,6 +111,7 @@ class TaskExecution:
         self._security = security or ToolAllowlist(["*"])
         self._planners = planners or PlannerSelection()
         self._runs_inline = runs_inline
+        self._repeat_safe = repeat_safe
 
     async def execute(
         self, assignment: TaskAssignment, *, release: asyncio.Event, redelivered: bool = False
@@ -117,9 +129,10 @@ class TaskExecution:
         """
         task = f"task {assignment.task_id}"
         try:
-            decided = await self._decide(assignment, redelivered=redelivered)
+            decided, history = await self._decide(assignment, redelivered=redelivered)
             if isinstance(decided, NothingToRun | StartedElsewhere):
                 return self._not_running(task, assignment, decided)
+            resume_from = _resumable(history) if history is not None else []
             choice = self._planners.choose(assignment.input_data)
             journal = AttemptJournal(
                 self._log,
@@ -135,7 +148,7 @@ class TaskExecution:
             )
             task = f"task {assignment.task_id} attempt {decided.attempt}"
             try:
-                result = await self._run_agent(journal, choice, release)
+                result = await self._run_agent(journal, choice, release, resume_from)
                 if result.stop_reason is StopReason.CANCELLED:
                     if await self._finished(assignment):
                         logger.info("%s: stopped, the task was cancelled or timed out", task)
@@ -179,14 +192,16 @@ class TaskExecution:
 
     async def _decide(
         self, assignment: TaskAssignment, *, redelivered: bool
-    ) -> Claim | NothingToRun | StartedElsewhere:
-        """Which attempt runs, if any. A first delivery that knows where the history ended when
-        it was queued claims that position without reading the history: the claim's append holds
-        only if nothing happened to the task since, which is exactly when :func:`claim` would
-        run it as queued (otherwise the journal decides again from fresh history)."""
+    ) -> tuple[Claim | NothingToRun | StartedElsewhere, TaskHistory | None]:
+        """Which attempt runs, if any, and the history it was decided from. A first delivery
+        that knows where the history ended when it was queued claims that position without
+        reading the history: the claim's append holds only if nothing happened to the task
+        since, which is exactly when :func:`claim` would run it as queued (otherwise the journal
+        decides again from fresh history), and then there is nothing to resume from."""
         if not redelivered and assignment.after_sequence is not None:
-            return Claim(assignment.attempt, None, assignment.after_sequence)
-        return claim(assignment, await self._history(assignment), redelivered=redelivered)
+            return Claim(assignment.attempt, None, assignment.after_sequence), None
+        history = await self._history(assignment)
+        return claim(assignment, history, redelivered=redelivered), history
 
     async def _history(self, assignment: TaskAssignment) -> TaskHistory:
         try:
@@ -199,7 +214,11 @@ class TaskExecution:
         return state is not None and state.status.is_terminal
 
     async def _run_agent(
-        self, journal: AttemptJournal, choice: PlannerChoice | str, release: asyncio.Event
+        self,
+        journal: AttemptJournal,
+        choice: PlannerChoice | str,
+        release: asyncio.Event,
+        resume_from: list[RecordedStep],
     ) -> AgentResult:
         """Run the chosen planner (``choice`` is why none could be chosen, as text)."""
         assignment = journal.assignment
@@ -236,6 +255,8 @@ class TaskExecution:
                     task_id=assignment.task_id,
                     allowed_tools=tuple(allowed) if allowed is not None else None,
                 ),
+                resume_from=resume_from,
+                repeat_safe=self._repeat_safe,
             )
         except (AttemptSuperseded, ClaimRefused, EventAppendFailed, EventTooLarge):
             raise
@@ -250,6 +271,36 @@ class TaskExecution:
             )
         finally:
             steps.finish()
+
+
+def _resumable(history: TaskHistory) -> list[RecordedStep]:
+    """The journal's steps as the agent takes them (see :mod:`opspawn_contracts.journal`)."""
+    resumable = []
+    for step in recorded_steps(stored.event for stored in history):
+        calls = {
+            call.call_id: ToolCall(call_id=call.call_id, tool=call.tool, arguments=call.arguments)
+            for call in step.intent.calls
+        }
+        outcomes = None
+        if step.outcomes is not None:
+            outcomes = tuple(
+                CallOutcome(
+                    call=calls.get(outcome.call_id)
+                    or ToolCall(call_id=outcome.call_id, tool=outcome.tool, arguments={}),
+                    result=outcome.result,
+                    error=outcome.error,
+                )
+                for outcome in step.outcomes
+            )
+        resumable.append(
+            RecordedStep(
+                step_index=step.intent.step_index,
+                calls=tuple(calls.values()),
+                message=step.intent.message,
+                outcomes=outcomes,
+            )
+        )
+    return resumable
 
 
 def _log_takeover(assignment: TaskAssignment, decision: Claim) -> None:

@@ -104,13 +104,14 @@ def noop(args: NoArguments) -> None:
 
 
 BUILTIN_TOOLS: tuple[Tool, ...] = (
-    Tool.from_function(add, name="math.add"),
-    Tool.from_function(subtract, name="math.subtract"),
-    Tool.from_function(multiply, name="math.multiply"),
-    Tool.from_function(divide, name="math.divide"),
-    Tool.from_function(sleep, name="util.sleep"),
-    Tool.from_function(noop, name="util.noop", inline=True),
+    Tool.from_function(add, name="math.add", repeat_safe=True),
+    Tool.from_function(subtract, name="math.subtract", repeat_safe=True),
+    Tool.from_function(multiply, name="math.multiply", repeat_safe=True),
+    Tool.from_function(divide, name="math.divide", repeat_safe=True),
+    Tool.from_function(sleep, name="util.sleep", repeat_safe=True),
+    Tool.from_function(noop, name="util.noop", inline=True, repeat_safe=True),
 )
+"""None of them changes anything outside its call, so each is safe to repeat."""
 
 
 def builtin_registry() -> ToolRegistry:

@@ -57,6 +57,9 @@ class Tool:
     output_type: Any = Any
     inline: bool = False
     """Run on the caller's event loop instead of in a sandbox process (see the module's doc)."""
+    repeat_safe: bool = False
+    """Running it twice does no harm (it changes nothing, or the second time changes nothing
+    more): a run resumed after a crash may repeat a call whose outcome was never recorded."""
     _output: TypeAdapter[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +76,7 @@ class Tool:
         name: str,
         description: str | None = None,
         inline: bool = False,
+        repeat_safe: bool = False,
     ) -> Tool:
         """Make a tool of ``def f(args: SomeModel) -> Output``; the docstring describes it."""
         hints = typing.get_type_hints(function)
@@ -90,6 +94,7 @@ class Tool:
             function=function,
             output_type=hints.get("return", Any),
             inline=inline,
+            repeat_safe=repeat_safe,
         )
 
     @property

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pydantic import JsonValue
 
 from agentkit.errors import UnknownTool
-from agentkit.interfaces import CallContext, ToolCall, ToolManager, ToolSpec, split_tool_name
+from agentkit.interfaces import (
+    CallContext,
+    RepeatSafety,
+    ToolCall,
+    ToolManager,
+    ToolSpec,
+    split_tool_name,
+)
 from agentkit.tools.local import LocalTools
 
 
@@ -34,6 +41,17 @@ class ToolRouter:
     def runs_inline(self, tool: str) -> bool:
         """Whether a call of ``tool`` runs inline (only local tools can)."""
         return self._local.runs_inline(tool)
+
+    def repeat_safe(self, tool: str) -> bool:
+        """Whether ``tool`` is declared safe to call twice: by the local registry for a local
+        namespace, else by the remote manager if it can tell (``repeat_safe``), else not."""
+        try:
+            namespace, _ = split_tool_name(tool)
+        except ValueError:
+            return False
+        if namespace in self._local.namespaces:
+            return self._local.repeat_safe(tool)
+        return isinstance(self._remote, RepeatSafety) and self._remote.repeat_safe(tool)
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:
