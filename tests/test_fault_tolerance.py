@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,7 @@ from opspawn_cli.demo import wait_terminal
 from opspawn_cli.system import LocalSystem
 from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import (
+    StepStarted,
     TaskAttemptFailed,
     TaskCompleted,
     TaskRetryScheduled,
@@ -208,6 +210,55 @@ async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
     [completed] = [event for event in events if isinstance(event, TaskCompleted)]
     assert completed.data.attempt == 2
     assert fast_system.supervisor.restarts(victim) == 1
+
+
+async def test_a_runner_killed_during_step_3_of_4_resumes_there_and_runs_steps_1_and_2_once(
+    fast_system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    tmp_path: Path,
+) -> None:
+    """Each ``append_line`` call adds a line to a file (through the MCP proxy and the toolbox
+    server), so the file shows which steps ran how often. Step 3 sleeps, is safe to repeat, and
+    is where the runner dies; the takeover goes on from the journal."""
+    lines = tmp_path / "steps.txt"
+
+    def append(line: str) -> dict[str, Any]:
+        return {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": line}}
+
+    plan = [
+        append("step 1"),
+        append("step 2"),
+        {"tool": "util.sleep", "args": {"seconds": 3}, "timeout_seconds": 30},
+        append("step 4"),
+    ]
+    task_id = await _submit(rest, plan)
+    history = await _history_until(
+        jetstream,
+        subjects,
+        task_id,
+        lambda history: any(
+            isinstance(stored.event, StepStarted) and stored.event.data.step.step_index == 2
+            for stored in history
+        ),
+        "step 3 to start",
+    )
+    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    victim = f"agent-{first.data.runner_id}"
+    assert fast_system.supervisor is not None
+
+    fast_system.supervisor.kill(victim)
+    task = await wait_terminal(rest, str(task_id), timeout=60)
+
+    assert task["status"] == "completed", task
+    assert lines.read_text() == "step 1\nstep 2\nstep 4\n"
+    assert [step["result"] for step in task["output_data"]["steps"]] == [1, 2, 3, 3]
+    events = [stored.event for stored in await EventLog(jetstream, subjects).task_history(task_id)]
+    [takeover] = [e for e in events if isinstance(e, TaskStarted) and e.data.attempt == 2]
+    assert takeover.data.supersedes_attempt == 1
+    assert takeover.data.first_step is not None
+    assert takeover.data.first_step.step_index == 2  # step 3: nothing before it runs again
 
 
 async def test_malformed_messages_are_dead_lettered_and_the_next_task_completes(

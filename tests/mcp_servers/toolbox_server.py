@@ -17,13 +17,17 @@ error result carrying ``message``), ``slow(seconds)`` (answers after a delay, fo
 ``blob(size)`` (a result of ``size`` characters, for size limits), ``grow(name)`` (adds a tool
 ``name`` that echoes, then sends ``notifications/tools/list_changed``) and ``flaky(key, failures)``
 (fails its first ``failures`` calls for ``key``, then succeeds; the count lives in a file, so it
-holds across server processes).
+holds across server processes), ``append_line(path, line)`` (appends to a file: declared
+destructive and not idempotent, so not safe to repeat) and ``put(path, key, value)`` (sets a key
+in a JSON file: declared idempotent; every call is also noted in ``<path>.calls``). ``echo``,
+``word_count`` and ``add`` are declared read-only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import tempfile
@@ -32,25 +36,29 @@ from pathlib import Path
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 
 server = MCPServer(
     "toolbox", instructions="Deterministic tools for Opspawn tests.", log_level="WARNING"
 )
 
 
-@server.tool()
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+
+
+@server.tool(annotations=READ_ONLY)
 def echo(text: str) -> str:
     """Return ``text`` unchanged."""
     return text
 
 
-@server.tool()
+@server.tool(annotations=READ_ONLY)
 def word_count(text: str) -> int:
     """Count the whitespace-separated words in ``text``."""
     return len(text.split())
 
 
-@server.tool()
+@server.tool(annotations=READ_ONLY)
 def add(a: float, b: float) -> float:
     """Return ``a + b``."""
     return a + b
@@ -127,6 +135,27 @@ def flaky(key: str, failures: int) -> str:
     if calls <= failures:
         raise ToolError(f"flaky failure {calls} of {failures} for {key}")
     return f"succeeded at call {calls}"
+
+
+@server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
+def append_line(path: str, line: str) -> int:
+    """Append ``line`` to the file at ``path``; the file's number of lines after it."""
+    with Path(path).open("a") as file:
+        file.write(line + "\n")
+    return len(Path(path).read_text().splitlines())
+
+
+@server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
+def put(path: str, key: str, value: str) -> str:
+    """Set ``key`` to ``value`` in the JSON object stored at ``path`` (the same call again
+    changes nothing more); each call is noted as a line of ``<path>.calls``."""
+    with Path(f"{path}.calls").open("a") as calls:
+        calls.write(f"{key}={value}\n")
+    stored = Path(path)
+    values = json.loads(stored.read_text()) if stored.exists() else {}
+    values[key] = value
+    stored.write_text(json.dumps(values))
+    return f"{key}={value}"
 
 
 def main() -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from pydantic import JsonValue
 from sqlalchemy import text
@@ -23,6 +25,8 @@ from sqlalchemy import text
 from agent_runner.app import running
 from agent_runner.event_chain import AttemptSuperseded, EventChain
 from agent_runner.settings import RunnerSettings
+from mcp_proxy.config import ProxyConfig, StdioServer
+from mcp_proxy.testing import ProxyClient, serve_proxy
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
     StepCompleted,
@@ -54,6 +58,8 @@ from opspawn_readmodel.database import create_engine
 from opspawn_readmodel.projector import Delivered, TaskProjector
 
 pytestmark = pytest.mark.integration
+
+TOOLBOX = Path(__file__).resolve().parents[3] / "tests" / "mcp_servers" / "toolbox_server.py"
 
 
 async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15) -> Any:
@@ -390,50 +396,47 @@ def _intent(step_index: int, tool: str, arguments: dict[str, JsonValue]) -> Step
     )
 
 
+Perform = Callable[[dict[str, Any]], Awaitable[JsonValue]]
+
+
 async def _crash_after(
     js: JetStreamContext,
     subjects: Subjects,
     plan: list[dict[str, Any]],
-    recorded_result: JsonValue,
+    recorded_result: JsonValue = None,
+    perform: Perform | None = None,
 ) -> TaskAssignment:
-    """A task whose attempt 1 ran step 1 (recording ``recorded_result``) and recorded step 2 as
-    started, then its runner died: the journal a takeover finds."""
+    """A task whose attempt 1 ran step 1 and recorded step 2 as started, then its runner died:
+    the journal a takeover finds. ``perform`` makes each of the two calls for real (step 1's
+    result is recorded, step 2's never is); without it nothing runs and step 1's recorded result
+    is ``recorded_result``."""
     crashed = await _crashing_runner(js, subjects)
     assignment = await _submit(js, subjects, list[JsonValue](plan))
     await crashed.fetch(1, timeout=5)
-    steps = plan
     chain = EventChain(EventLog(js, subjects), assignment, after_sequence=assignment.after_sequence)
-    first = _intent(0, steps[0]["tool"], steps[0]["args"])
-    for event in (
+    first = _intent(0, plan[0]["tool"], plan[0]["args"])
+    await chain.append(
         TaskStarted(
             **chain.envelope(),
             data=TaskStartedData(attempt=1, runner_id="crashed", first_step=first),
-        ),
+        )
+    )
+    result = await perform(plan[0]) if perform is not None else recorded_result
+    outcome = ToolCallOutcome(
+        call_id="plan-0", tool=plan[0]["tool"], ok=True, result=result, duration_ms=1.0
+    )
+    await chain.append(
         StepCompleted(
             **chain.envelope(),
-            data=StepCompletedData(
-                attempt=1,
-                step_index=0,
-                outcomes=[
-                    ToolCallOutcome(
-                        call_id="plan-0",
-                        tool=steps[0]["tool"],
-                        ok=True,
-                        result=recorded_result,
-                        duration_ms=1.0,
-                    )
-                ],
-            ),
-        ),
-        StepStarted(
-            **chain.envelope(),
-            data=StepStartedData(
-                attempt=1,
-                step=_intent(1, steps[1]["tool"], steps[1]["args"]),
-            ),
-        ),
-    ):
-        await chain.append(event)
+            data=StepCompletedData(attempt=1, step_index=0, outcomes=[outcome]),
+        )
+    )
+    second = _intent(1, plan[1]["tool"], plan[1]["args"])
+    await chain.append(
+        StepStarted(**chain.envelope(), data=StepStartedData(attempt=1, step=second))
+    )
+    if perform is not None:
+        await perform(plan[1])  # and the runner dies before recording how it went
     await crashed.unsubscribe()
     return assignment
 
@@ -507,3 +510,79 @@ async def test_a_takeover_does_not_repeat_an_unfinished_call_that_is_not_safe_to
     assert all(
         not isinstance(event, TaskStarted) or event.data.first_step is None for event in takeover
     )
+
+
+@pytest.fixture
+async def toolbox_proxy(
+    nats_server: EmbeddedNats, subjects: Subjects, nats_client: NatsClient
+) -> AsyncIterator[Perform]:
+    """The MCP proxy in-process with the toolbox server; calls made as a runner makes them."""
+    config = ProxyConfig(servers={"toolbox": StdioServer(command="python", args=[str(TOOLBOX)])})
+    async with serve_proxy(nats_server.url, subjects, config):
+        client = ProxyClient(nats_client, subjects)
+
+        async def perform(step: dict[str, Any]) -> JsonValue:
+            server, tool = str(step["tool"]).split(".", 1)
+            reply = await client.call(server, tool, step["args"])
+            assert reply.ok, reply
+            return reply.result
+
+        yield perform
+
+
+async def test_an_unfinished_mcp_call_not_safe_to_repeat_is_made_once_and_ends_outcome_unknown(
+    nats_server: EmbeddedNats,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    toolbox_proxy: Perform,
+    tmp_path: Path,
+) -> None:
+    """``append_line`` is annotated destructive and not idempotent: the takeover neither runs the
+    recorded first step again nor repeats the unfinished second one."""
+    lines = tmp_path / "lines.txt"
+    plan: list[dict[str, Any]] = [
+        {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": "one"}},
+        {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": "two"}},
+    ]
+    assignment = await _crash_after(jetstream, subjects, plan, perform=toolbox_proxy)
+
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    failed = history[-1].event
+    assert isinstance(failed, TaskFailed)
+    assert failed.data.error_message.startswith("outcome unknown: step 2")
+    assert "toolbox.append_line" in failed.data.error_message
+    assert '"line": "two"' in failed.data.error_message
+    assert lines.read_text() == "one\ntwo\n"  # each call reached the server exactly once
+
+
+async def test_an_unfinished_mcp_call_declared_idempotent_is_repeated_and_the_task_completes(
+    nats_server: EmbeddedNats,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    toolbox_proxy: Perform,
+    tmp_path: Path,
+) -> None:
+    lines, store = tmp_path / "lines.txt", tmp_path / "store.json"
+    calls = tmp_path / "store.json.calls"  # the server notes each call of put here
+    plan: list[dict[str, Any]] = [
+        {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": "one"}},
+        {"tool": "toolbox.put", "args": {"path": str(store), "key": "k", "value": "v"}},
+    ]
+    assignment = await _crash_after(jetstream, subjects, plan, perform=toolbox_proxy)
+
+    async with running(
+        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
+    ):
+        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
+        await _work_acked(jetstream, subjects)
+
+    completed = history[-1].event
+    assert isinstance(completed, TaskCompleted)
+    assert completed.data.output_data["result"] == "k=v"
+    assert lines.read_text() == "one\n"  # the finished step was not run again
+    assert calls.read_text() == "k=v\nk=v\n"  # the unfinished one was repeated

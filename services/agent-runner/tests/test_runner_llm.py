@@ -10,6 +10,7 @@ are read back from the events stream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from nats.js import JetStreamContext
 from pydantic import JsonValue
 
 from agent_runner.app import running
+from agent_runner.event_chain import EventChain
 from agent_runner.settings import RunnerSettings
 from agentkit.testing.scripted_chat_server import (
     ChatRequest,
@@ -33,11 +35,21 @@ from mcp_proxy.config import ProxyConfig, StdioServer
 from mcp_proxy.testing import serve_proxy
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
+    StepCompleted,
+    StepCompletedData,
+    StepIntent,
+    TaskCompleted,
     TaskOptions,
+    TaskStarted,
+    TaskStartedData,
     TaskSubmitted,
     TaskSubmittedData,
+    ToolCallIntent,
+    ToolCallOutcome,
 )
+from opspawn_contracts.streams import runner_submitted_consumer
 from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
 
@@ -281,3 +293,80 @@ async def test_a_model_server_that_refuses_fails_the_task_saying_why(
             },
         ),
     ]
+
+
+async def test_a_takeover_does_not_ask_the_model_again_for_a_step_it_recorded(
+    nats_server: EmbeddedNats,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    """Attempt 1 (played here) asked the model, ran both calls and recorded the step, then its
+    runner died. The takeover rebuilds the conversation from the journal: the model is asked
+    once, for the answer, and sees the recorded results; no tool runs again."""
+    consumer = dataclasses.replace(runner_submitted_consumer(subjects), ack_wait=1.0)
+    await jetstream.add_consumer(subjects.events_stream, consumer)
+    crashed = await jetstream.pull_subscribe(
+        subjects.events_of_type("TaskSubmitted"),
+        durable=consumer.durable_name,
+        stream=subjects.events_stream,
+    )
+    task_id = await submit(jetstream, subjects, {"goal": GOAL})
+    (work,) = await crashed.fetch(1, timeout=5)
+    assignment = TaskAssignment.first_attempt(
+        TaskSubmitted.model_validate_json(work.data), sequence=work.metadata.sequence.stream
+    )
+    chain = EventChain(
+        EventLog(jetstream, subjects), assignment, after_sequence=assignment.after_sequence
+    )
+    calls = [
+        ToolCallIntent(call_id="call_add", tool="math.add", arguments={"a": 2, "b": 3}),
+        ToolCallIntent(call_id="call_echo", tool="toolbox.echo", arguments={"text": "hello"}),
+    ]
+    intent = StepIntent(step_index=0, calls=calls, message="One local tool and one MCP tool.")
+    await chain.append(
+        TaskStarted(
+            **chain.envelope(),
+            data=TaskStartedData(attempt=1, runner_id="crashed", first_step=intent),
+        )
+    )
+    outcomes = [
+        ToolCallOutcome(call_id="call_add", tool="math.add", ok=True, result=5, duration_ms=1.0),
+        ToolCallOutcome(
+            call_id="call_echo", tool="toolbox.echo", ok=True, result="hello", duration_ms=1.0
+        ),
+    ]
+    await chain.append(
+        StepCompleted(
+            **chain.envelope(),
+            data=StepCompletedData(attempt=1, step_index=0, outcomes=outcomes),
+        )
+    )
+    await crashed.unsubscribe()
+    chat.add(answer_from_results)
+
+    async with running(
+        RunnerSettings(
+            nats_url=nats_server.url,
+            subject_prefix=subjects.prefix,
+            runner_id="takeover",
+            work_ack_wait_seconds=1.0,
+            shutdown_grace_seconds=1,
+            tool_allowlist=["math.*", "toolbox.echo"],
+            llm_base_url=chat.base_url,
+            llm_model="scripted-model",
+            llm_api_key="sk-runner-test",
+            llm_max_retries=1,
+        )
+    ):
+        history = await finished(jetstream, subjects, task_id)
+
+    completed = history[-1].event
+    assert isinstance(completed, TaskCompleted)
+    assert completed.data.attempt == 2
+    assert completed.data.output_data["result"] == 'sum 5, echo "hello"'  # as a live run says
+    (request,) = chat.requests  # only the answer was asked for
+    roles = [message["role"] for message in request.messages]
+    assert roles[-4:] == ["user", "assistant", "tool", "tool"]
+    assert len(request.messages[-3]["tool_calls"]) == 2
+    assert request.tool_results() == {"call_add": "5", "call_echo": '"hello"'}

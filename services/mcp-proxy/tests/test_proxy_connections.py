@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from mcp_proxy.config import HealthCheck, ProxyConfig, Restart, StdioServer, ToolFilter
+from mcp_proxy.config import (
+    HealthCheck,
+    ProxyConfig,
+    RepeatSafety,
+    Restart,
+    StdioServer,
+    ToolFilter,
+)
 from mcp_proxy.connections import McpConnections, ToolCallError
 from opspawn_contracts.tool_rpc import CallToolRequest, McpServerStatus, ToolErrorCode
 
@@ -92,6 +99,32 @@ async def test_every_server_starts_and_lists_its_tools() -> None:
         assert {"echo", "word_count", "add", "fail", "slow"} <= names
         assert {tool.server for tool in connections.list_tools()} == {"a", "b"}
         assert await connections.call_tool(request("b", "add", a=2, b=40)) == 42.0
+
+
+async def test_tools_are_safe_to_repeat_as_annotated_unless_the_configuration_says_otherwise() -> (
+    None
+):
+    """``echo`` is annotated read-only, ``put`` idempotent, ``append_line`` neither; the
+    configuration's ``unsafe`` wins over an annotation and ``safe`` declares a tool the server
+    does not."""
+    overridden = RepeatSafety(safe=["append_*"], unsafe=["echo"])
+    config = ProxyConfig(servers={"a": toolbox(), "b": toolbox(repeat_safe=overridden)})
+    async with McpConnections(config) as connections:
+        declared = {
+            (tool.server, tool.name): tool.repeat_safe
+            for tool in connections.list_tools()
+            if tool.name in {"echo", "put", "append_line", "slow"}
+        }
+    assert declared == {
+        ("a", "echo"): True,
+        ("a", "put"): True,
+        ("a", "append_line"): False,
+        ("a", "slow"): False,
+        ("b", "echo"): False,
+        ("b", "put"): True,
+        ("b", "append_line"): True,
+        ("b", "slow"): False,
+    }
 
 
 async def test_a_server_that_cannot_start_is_reported_and_the_others_served() -> None:

@@ -161,7 +161,7 @@ class Agent:
         timeout_seconds: float | None = None,
         context: CallContext | None = None,
         resume_from: Sequence[RecordedStep] = (),
-        repeat_safe: Callable[[str], bool] | None = None,
+        repeat_safe: Callable[[str], Awaitable[bool]] | None = None,
     ) -> AgentResult:
         """Run until a stop condition; never raises for a failure of the task itself.
 
@@ -184,7 +184,7 @@ class Agent:
         return await run.execute(resume_from)
 
 
-def _nothing_is_repeat_safe(tool: str) -> bool:
+async def _nothing_is_repeat_safe(tool: str) -> bool:
     return False
 
 
@@ -200,7 +200,7 @@ class _Run:
         cancel: asyncio.Event | None,
         timeout_seconds: float | None,
         context: CallContext,
-        repeat_safe: Callable[[str], bool],
+        repeat_safe: Callable[[str], Awaitable[bool]],
     ) -> None:
         self._parts = parts
         self._repeat_safe = repeat_safe
@@ -266,7 +266,7 @@ class _Run:
         except _Interrupted as interrupted:
             return self._interrupted(interrupted.reason, step_index, None)
         if unfinished is not None and isinstance(decision, ToolCalls):
-            unsafe = [call for call in decision.calls if not self._repeat_safe(call.tool)]
+            unsafe = [call for call in decision.calls if not await self._repeat_safe(call.tool)]
             if unsafe:
                 unknown = _outcome_unknown(step_index, unsafe)
                 return self._failure(StopReason.OUTCOME_UNKNOWN, unknown)

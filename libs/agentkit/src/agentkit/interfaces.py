@@ -36,6 +36,8 @@ class ToolSpec:
     description: str
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
+    repeat_safe: bool = False
+    """Declared safe to call twice (see :class:`RepeatSafety`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class RepeatSafety(Protocol):
     :attr:`~agentkit.tools.registry.Tool.repeat_safe`): a resumed run repeats a call whose outcome
     was never recorded only if its tool is."""
 
-    def repeat_safe(self, tool: str) -> bool: ...
+    async def repeat_safe(self, tool: str) -> bool: ...
 
 
 @runtime_checkable

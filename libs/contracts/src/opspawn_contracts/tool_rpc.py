@@ -43,6 +43,10 @@ class ToolDescriptor(_Message):
     name: str
     description: str | None = None
     input_schema: dict[str, Any] = Field(default_factory=dict)
+    repeat_safe: bool = False
+    """Calling it twice does no harm: the server annotates it ``readOnlyHint`` or
+    ``idempotentHint``, or the proxy's configuration says so (``repeat_safe`` of the server). A
+    resumed task repeats a call whose outcome is unknown only for such a tool."""
 
 
 class ListToolsRequest(_Message):

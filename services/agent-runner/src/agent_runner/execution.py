@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
 
@@ -97,7 +97,7 @@ class TaskExecution:
         security: SecurityManager | None = None,
         planners: PlannerSelection | None = None,
         runs_inline: Callable[[str], bool] | None = None,
-        repeat_safe: Callable[[str], bool] | None = None,
+        repeat_safe: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """``security`` defaults to allowing every tool a task's own ``allowed_tools`` allows;
         ``planners`` to plans only (no language model); ``runs_inline`` says which of the

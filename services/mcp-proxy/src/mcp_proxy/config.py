@@ -117,6 +117,28 @@ class Restart(_Section):
         return min(self.initial_delay_seconds * self.multiplier**exponent, self.max_delay_seconds)
 
 
+class RepeatSafety(_Section):
+    """Which of a server's tools are safe to call twice (``fnmatch`` patterns on the tool name),
+    over what the server's own annotations say (``readOnlyHint`` or ``idempotentHint``: safe).
+    ``unsafe`` wins over ``safe``, and both over the annotations, which are only hints from
+    the server. A resumed task repeats a call whose outcome is unknown only for a safe tool."""
+
+    safe: list[str] = Field(default_factory=list)
+    unsafe: list[str] = Field(default_factory=list)
+
+    @field_validator("safe", "unsafe")
+    @classmethod
+    def _patterns_are_not_blank(cls, patterns: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in patterns):
+            raise ValueError("a tool pattern must not be blank")
+        return patterns
+
+    def decides(self, tool: str, *, annotated_safe: bool) -> bool:
+        if any(fnmatchcase(tool, pattern) for pattern in self.unsafe):
+            return False
+        return annotated_safe or any(fnmatchcase(tool, pattern) for pattern in self.safe)
+
+
 STABLE_SESSION_SECONDS = 10.0
 
 
@@ -134,6 +156,7 @@ class _ServerSettings(_Section):
     """Largest tool result (as JSON) passed back; larger ones are ``too_large``. The whole reply
     must also fit the NATS connection's maximum payload."""
     tools: ToolFilter = Field(default_factory=ToolFilter)
+    repeat_safe: RepeatSafety = Field(default_factory=RepeatSafety)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     restart: Restart = Field(default_factory=Restart)
 

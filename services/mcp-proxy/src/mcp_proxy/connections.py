@@ -36,7 +36,7 @@ from uuid import UUID
 from mcp import ClientSession
 from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
-from mcp.types import Implementation, ToolListChangedNotification
+from mcp.types import Implementation, Tool, ToolListChangedNotification
 from mcp.types.jsonrpc import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 from pydantic import JsonValue
 from pydantic_core import to_json
@@ -214,6 +214,9 @@ class ServerConnection:
             except TimeoutError:
                 raise self._unavailable(tool, gave_up=True) from None
 
+    def _catalog_of(self, tools: list[Tool]) -> ToolCatalog:
+        return ToolCatalog.build(self.name, tools, self.config.tools, self.config.repeat_safe)
+
     def _unavailable(self, tool: str | None, *, gave_up: bool = False) -> ToolCallError:
         reason = f": {self._error}" if self._error else ""
         message = f"MCP server {self.name!r} is not connected{reason}"
@@ -306,7 +309,9 @@ class ServerConnection:
                     async with asyncio.timeout(self._connect_timeout):
                         await session.initialize()
                         tools = await list_all_tools(session)
-                    self._catalog = ToolCatalog.build(self.name, tools, self.config.tools)
+                    self._catalog = ToolCatalog.build(
+                        self.name, tools, self.config.tools, self.config.repeat_safe
+                    )
                     self._session, self._error = session, None
                     connected_at = self._last_heard = loop.time()
                     self._set_state(McpServerState.CONNECTED)
@@ -400,7 +405,9 @@ class ServerConnection:
                 describe_failure(error),
             )
             return
-        self._catalog = ToolCatalog.build(self.name, tools, self.config.tools)
+        self._catalog = ToolCatalog.build(
+            self.name, tools, self.config.tools, self.config.repeat_safe
+        )
         log.info("MCP server %r changed its tools: now %d", self.name, len(self._catalog.offered))
 
     def _on_stream_closed(self) -> None:

@@ -17,7 +17,7 @@ from mcp import ClientSession
 from mcp.types import PaginatedRequestParams, Tool
 
 from mcp_proxy.arguments import ArgumentCheck, argument_check
-from mcp_proxy.config import ToolFilter
+from mcp_proxy.config import RepeatSafety, ToolFilter
 from mcp_proxy.failures import failure
 from mcp_proxy.results import wraps_its_result
 from opspawn_contracts.tool_rpc import ToolDescriptor, ToolErrorCode
@@ -43,9 +43,18 @@ class ToolCatalog:
     """Tools the server lists that the configuration does not offer."""
 
     @classmethod
-    def build(cls, server: str, tools: list[Tool], tool_filter: ToolFilter) -> ToolCatalog:
+    def build(
+        cls,
+        server: str,
+        tools: list[Tool],
+        tool_filter: ToolFilter,
+        repeat_safety: RepeatSafety | None = None,
+    ) -> ToolCatalog:
+        repeat_safety = repeat_safety or RepeatSafety()
         offered = {
-            tool.name: _listed(server, tool) for tool in tools if tool_filter.admits(tool.name)
+            tool.name: _listed(server, tool, repeat_safety)
+            for tool in tools
+            if tool_filter.admits(tool.name)
         }
         names = [tool.name for tool in tools]
         for pattern in tool_filter.allow:
@@ -74,9 +83,15 @@ class ToolCatalog:
         raise failure(ToolErrorCode.UNKNOWN_TOOL, message, self.server, tool)
 
 
-def _listed(server: str, tool: Tool) -> ListedTool:
+def _listed(server: str, tool: Tool, repeat_safety: RepeatSafety) -> ListedTool:
+    hints = tool.annotations
+    annotated_safe = hints is not None and bool(hints.read_only_hint or hints.idempotent_hint)
     descriptor = ToolDescriptor(
-        server=server, name=tool.name, description=tool.description, input_schema=tool.input_schema
+        server=server,
+        name=tool.name,
+        description=tool.description,
+        input_schema=tool.input_schema,
+        repeat_safe=repeat_safety.decides(tool.name, annotated_safe=annotated_safe),
     )
     return ListedTool(
         descriptor, argument_check(tool.input_schema), wraps_its_result(tool.output_schema)

@@ -41,7 +41,7 @@ class LocalTools:
         """Whether a call of ``tool`` runs inline here (an unknown tool does not)."""
         return tool in self.registry and self.registry.get(tool).inline
 
-    def repeat_safe(self, tool: str) -> bool:
+    async def repeat_safe(self, tool: str) -> bool:
         """Whether ``tool`` is declared safe to call twice (an unknown tool is not)."""
         return tool in self.registry and self.registry.get(tool).repeat_safe
 

@@ -109,6 +109,10 @@ class McpProxyTools:
             return ()
         return tuple(spec for spec in map(_spec, reply.tools) if spec is not None)
 
+    async def repeat_safe(self, tool: str) -> bool:
+        """Whether the proxy lists ``tool`` as safe to call twice (not when it cannot be asked)."""
+        return any(spec.name == tool and spec.repeat_safe for spec in await self.list_tools())
+
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:
             server, tool = split_tool_name(call.tool)
@@ -161,7 +165,12 @@ def _spec(descriptor: ToolDescriptor) -> ToolSpec | None:
         logger.warning("MCP tool %r cannot be named as a tool here; not offering it", name)
         return None
     schema = descriptor.input_schema or {"type": "object", "properties": {}}
-    return ToolSpec(name=name, description=descriptor.description or "", input_schema=schema)
+    return ToolSpec(
+        name=name,
+        description=descriptor.description or "",
+        input_schema=schema,
+        repeat_safe=descriptor.repeat_safe,
+    )
 
 
 def _tool_error(name: str, server: str, timeout: float, reply: CallToolReply) -> ToolError:

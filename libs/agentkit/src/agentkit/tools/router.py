@@ -42,7 +42,7 @@ class ToolRouter:
         """Whether a call of ``tool`` runs inline (only local tools can)."""
         return self._local.runs_inline(tool)
 
-    def repeat_safe(self, tool: str) -> bool:
+    async def repeat_safe(self, tool: str) -> bool:
         """Whether ``tool`` is declared safe to call twice: by the local registry for a local
         namespace, else by the remote manager if it can tell (``repeat_safe``), else not."""
         try:
@@ -50,8 +50,8 @@ class ToolRouter:
         except ValueError:
             return False
         if namespace in self._local.namespaces:
-            return self._local.repeat_safe(tool)
-        return isinstance(self._remote, RepeatSafety) and self._remote.repeat_safe(tool)
+            return await self._local.repeat_safe(tool)
+        return isinstance(self._remote, RepeatSafety) and await self._remote.repeat_safe(tool)
 
     async def call(self, call: ToolCall, context: CallContext) -> JsonValue:
         try:
