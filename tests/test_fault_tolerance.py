@@ -261,6 +261,91 @@ async def test_a_runner_killed_during_step_3_of_4_resumes_there_and_runs_steps_1
     assert takeover.data.first_step.step_index == 2  # step 3: nothing before it runs again
 
 
+async def _kill_the_runner_during_step_2(
+    system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    plan: list[dict[str, Any]],
+    *,
+    effect_done: Callable[[], bool],
+) -> dict[str, Any]:
+    """Submit ``plan``, SIGKILL the runner once step 2's call has had its effect (it is still
+    running), and wait for the task to end elsewhere."""
+    task_id = await _submit(rest, plan)
+
+    async def step_2_took_effect() -> bool:
+        return effect_done()
+
+    await _eventually(step_2_took_effect, "step 2's call to take effect")
+    history = await EventLog(jetstream, subjects).task_history(task_id)
+    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    assert system.supervisor is not None
+    system.supervisor.kill(f"agent-{first.data.runner_id}")
+    task: dict[str, Any] = await wait_terminal(rest, str(task_id), timeout=60)
+    return task
+
+
+async def test_a_runner_killed_mid_call_of_a_tool_not_safe_to_repeat_ends_outcome_unknown(
+    fast_system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    tmp_path: Path,
+) -> None:
+    """``append_line`` (destructive, not idempotent) has appended and is still running when its
+    runner dies: the takeover does not call it again."""
+    lines = tmp_path / "lines.txt"
+    plan: list[dict[str, Any]] = [
+        {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": "one"}},
+        {
+            "tool": "toolbox.append_line",
+            "args": {"path": str(lines), "line": "two", "then_wait_seconds": 5},
+        },
+    ]
+
+    task = await _kill_the_runner_during_step_2(
+        fast_system,
+        rest,
+        jetstream,
+        subjects,
+        plan,
+        effect_done=lambda: lines.exists() and "two" in lines.read_text(),
+    )
+
+    assert task["status"] == "failed", task
+    assert task["error_message"].startswith("outcome unknown: step 2"), task
+    assert "toolbox.append_line" in task["error_message"]
+    assert lines.read_text() == "one\ntwo\n"  # the server saw each call exactly once
+
+
+async def test_a_runner_killed_mid_call_of_an_idempotent_tool_has_it_repeated_and_completes(
+    fast_system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    tmp_path: Path,
+) -> None:
+    lines, store = tmp_path / "lines.txt", tmp_path / "store.json"
+    calls = tmp_path / "store.json.calls"
+    plan: list[dict[str, Any]] = [
+        {"tool": "toolbox.append_line", "args": {"path": str(lines), "line": "one"}},
+        {
+            "tool": "toolbox.put",
+            "args": {"path": str(store), "key": "k", "value": "v", "then_wait_seconds": 3},
+        },
+    ]
+
+    task = await _kill_the_runner_during_step_2(
+        fast_system, rest, jetstream, subjects, plan, effect_done=calls.exists
+    )
+
+    assert task["status"] == "completed", task
+    assert task["output_data"]["result"] == "k=v"
+    assert lines.read_text() == "one\n"
+    assert calls.read_text() == "k=v\nk=v\n"  # repeated once, by the takeover
+
+
 async def test_malformed_messages_are_dead_lettered_and_the_next_task_completes(
     rest: httpx.AsyncClient, jetstream: JetStreamContext, subjects: Subjects
 ) -> None:

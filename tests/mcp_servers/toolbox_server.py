@@ -138,24 +138,35 @@ def flaky(key: str, failures: int) -> str:
 
 
 @server.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False))
-def append_line(path: str, line: str) -> int:
-    """Append ``line`` to the file at ``path``; the file's number of lines after it."""
-    with Path(path).open("a") as file:
-        file.write(line + "\n")
-    return len(Path(path).read_text().splitlines())
+async def append_line(path: str, line: str, then_wait_seconds: float = 0) -> int:
+    """Append ``line`` to the file at ``path``, then wait ``then_wait_seconds`` (a call whose
+    effect is done while it is still running); the file's number of lines after it."""
+    lines = _append(Path(path), line)
+    await asyncio.sleep(then_wait_seconds)
+    return lines
 
 
 @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True))
-def put(path: str, key: str, value: str) -> str:
+async def put(path: str, key: str, value: str, then_wait_seconds: float = 0) -> str:
     """Set ``key`` to ``value`` in the JSON object stored at ``path`` (the same call again
-    changes nothing more); each call is noted as a line of ``<path>.calls``."""
-    with Path(f"{path}.calls").open("a") as calls:
-        calls.write(f"{key}={value}\n")
-    stored = Path(path)
-    values = json.loads(stored.read_text()) if stored.exists() else {}
-    values[key] = value
-    stored.write_text(json.dumps(values))
+    changes nothing more), then wait ``then_wait_seconds``; each call is noted as a line of
+    ``<path>.calls``."""
+    _append(Path(f"{path}.calls"), f"{key}={value}")
+    _store(Path(path), key, value)
+    await asyncio.sleep(then_wait_seconds)
     return f"{key}={value}"
+
+
+def _store(path: Path, key: str, value: str) -> None:
+    values = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**values, key: value}))
+
+
+def _append(path: Path, line: str) -> int:
+    """Append a line to the file (a test's record of a call); its number of lines after."""
+    with path.open("a") as file:
+        file.write(line + "\n")
+    return len(path.read_text().splitlines())
 
 
 def main() -> None:
