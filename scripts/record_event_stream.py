@@ -41,7 +41,7 @@ from opspawn_cli.system import LocalSystem
 from opspawn_contracts.subjects import Subjects
 from opspawn_embedded import EmbeddedNats, free_port
 from opspawn_messaging.stream_reading import read_stream
-from opspawn_readmodel.checksums import checksums
+from opspawn_readmodel.checksums import COMPARED_TABLES, checksums
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLBOX_SERVER = ROOT / "tests" / "mcp_servers" / "toolbox_server.py"
@@ -163,6 +163,9 @@ async def _write(
         "recorded_on": await asyncio.to_thread(_commit),
         "subject_prefix": PREFIX,
         "checkpoint": found.checkpoint,
+        "columns": {
+            table.name: [column.name for column in table.columns] for table in COMPARED_TABLES
+        },
         "tables": {
             name: {"rows": table.rows, "digest": table.digest}
             for name, table in found.tables.items()

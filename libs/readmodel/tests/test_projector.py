@@ -14,12 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from opspawn_contracts.events import (
     Event,
+    ModelReplyRecord,
+    StepIntent,
     TaskCompleted,
     TaskCompletedData,
     TaskStarted,
     TaskStartedData,
     TaskSubmitted,
     TaskSubmittedData,
+    ToolCallIntent,
 )
 from opspawn_readmodel.database import create_engine, open_session
 from opspawn_readmodel.projector import Delivered, TaskProjector
@@ -112,3 +115,48 @@ async def test_a_batch_behind_the_checkpoint_changes_nothing(engine: AsyncEngine
     assert (first.applied, first.checkpoint, first.moved) == (10, 10, True)
     assert (again.applied, again.checkpoint, again.moved) == (0, 10, False)
     assert (rest.applied, rest.checkpoint) == (10, 20)
+
+
+async def test_the_tokens_of_recorded_model_replies_are_summed_on_the_task_row(
+    engine: AsyncEngine,
+) -> None:
+    task_id, correlation = uuid4(), uuid4()
+    intent = StepIntent(
+        step_index=0,
+        calls=[ToolCallIntent(call_id="c", tool="math.add", arguments={"a": 1, "b": 1})],
+        model_reply=ModelReplyRecord(model="m", input_tokens=100, output_tokens=10),
+    )
+    final = ModelReplyRecord(model="m", finish_reason="stop", input_tokens=120, output_tokens=3)
+    history: list[Event] = [
+        TaskSubmitted(
+            task_id=task_id,
+            correlation_id=correlation,
+            data=TaskSubmittedData(task_type="agent_run", input_data={"goal": "add"}),
+        ),
+        TaskStarted(
+            task_id=task_id,
+            correlation_id=correlation,
+            data=TaskStartedData(attempt=1, runner_id="r", first_step=intent),
+        ),
+        TaskCompleted(
+            task_id=task_id,
+            correlation_id=correlation,
+            data=TaskCompletedData(attempt=1, output_data={"result": 2}, final_reply=final),
+        ),
+    ]
+    session = await open_session(engine)
+    try:
+        await TaskProjector("EVENTS").apply_batch(
+            session, [Delivered(sequence, event) for sequence, event in enumerate(history, 1)]
+        )
+    finally:
+        await session.close()
+
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT input_tokens, output_tokens FROM tasks WHERE task_id = :id"),
+                {"id": task_id},
+            )
+        ).one()
+    assert tuple(row) == (220, 13)

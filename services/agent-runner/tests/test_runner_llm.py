@@ -35,10 +35,12 @@ from mcp_proxy.config import ProxyConfig, StdioServer
 from mcp_proxy.testing import serve_proxy
 from opspawn_contracts.events import (
     TERMINAL_EVENT_TYPES,
+    ModelReplyRecord,
     StepCompleted,
     StepCompletedData,
     StepIntent,
     TaskCompleted,
+    TaskFailed,
     TaskOptions,
     TaskStarted,
     TaskStartedData,
@@ -49,6 +51,7 @@ from opspawn_contracts.events import (
 )
 from opspawn_contracts.streams import runner_submitted_consumer
 from opspawn_contracts.subjects import Subjects
+from opspawn_contracts.task import fold
 from opspawn_contracts.work import TaskAssignment
 from opspawn_embedded import EmbeddedNats
 from opspawn_messaging.event_log import EventLog, StoredEvent
@@ -180,6 +183,12 @@ async def test_a_goal_runs_a_local_and_an_mcp_tool_then_answers(
                         },
                     ],
                     "message": "One local tool and one MCP tool.",
+                    "model_reply": {
+                        "model": "scripted-model",
+                        "finish_reason": "tool_calls",
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                    },
                 }
             },
         ),
@@ -214,7 +223,13 @@ async def test_a_goal_runs_a_local_and_an_mcp_tool_then_answers(
                         {"tool": "toolbox.echo", "args": {"text": "hello"}, "result": "hello"},
                     ],
                     "result": 'sum 5, echo "hello"',
-                }
+                },
+                "final_reply": {
+                    "model": "scripted-model",
+                    "finish_reason": "stop",
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                },
             },
         ),
     ]
@@ -370,3 +385,63 @@ async def test_a_takeover_does_not_ask_the_model_again_for_a_step_it_recorded(
     assert roles[-4:] == ["user", "assistant", "tool", "tool"]
     assert len(request.messages[-3]["tool_calls"]) == 2
     assert request.tool_results() == {"call_add": "5", "call_echo": '"hello"'}
+
+
+async def test_model_replies_are_recorded_with_their_tokens_and_summed_for_the_task(
+    system: RunnerSettings,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    """Streamed replies (the runner's setting here): the step's reply rides in its intent, the
+    final answer's in TaskCompleted, and the task's fold sums them."""
+    chat.add(
+        ScriptedReply(
+            content="Adding.",
+            tool_calls=[ScriptedToolCall("math__add", {"a": 2, "b": 3}, id="call_add")],
+            prompt_tokens=100,
+            completion_tokens=12,
+        ),
+        ScriptedReply(content="5", prompt_tokens=130, completion_tokens=2),
+    )
+    task_id = await submit(jetstream, subjects, {"goal": GOAL})
+
+    history = await finished(jetstream, subjects, task_id)
+
+    started, completed = history[1].event, history[-1].event
+    assert isinstance(started, TaskStarted)
+    assert isinstance(completed, TaskCompleted)
+    assert started.data.first_step is not None
+    assert started.data.first_step.model_reply == ModelReplyRecord(
+        model="scripted-model", finish_reason="tool_calls", input_tokens=100, output_tokens=12
+    )
+    assert completed.data.final_reply == ModelReplyRecord(
+        model="scripted-model", finish_reason="stop", input_tokens=130, output_tokens=2
+    )
+    state = fold(stored.event for stored in history)
+    assert state is not None
+    assert (state.input_tokens, state.output_tokens) == (230, 14)
+
+
+async def test_a_task_past_its_token_budget_fails_saying_so(
+    system: RunnerSettings,
+    chat: ScriptedChatServer,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+) -> None:
+    chat.add(
+        ScriptedReply(
+            tool_calls=[ScriptedToolCall("math__add", {"a": 2, "b": 3}, id="call_add")],
+            prompt_tokens=400,
+            completion_tokens=200,
+        )
+    )
+    options = TaskOptions(max_total_tokens=500, max_attempts=3)
+    task_id = await submit(jetstream, subjects, {"goal": GOAL}, options)
+
+    history = await finished(jetstream, subjects, task_id)
+
+    failed = history[-1].event
+    assert isinstance(failed, TaskFailed)  # not retried: another attempt would spend more
+    assert "used 600 tokens, more than the task's budget of 500" in failed.data.error_message
+    assert not any(isinstance(stored.event, StepCompleted) for stored in history)

@@ -44,10 +44,12 @@ if TYPE_CHECKING:
     from agentkit.interfaces import FinalAnswer as FinalAnswer
     from agentkit.interfaces import Memory as Memory
     from agentkit.interfaces import Message as Message
+    from agentkit.interfaces import ModelReply as ModelReply
     from agentkit.interfaces import Planner as Planner
     from agentkit.interfaces import RepeatSafety as RepeatSafety
     from agentkit.interfaces import RunState as RunState
     from agentkit.interfaces import SecurityManager as SecurityManager
+    from agentkit.interfaces import TokenUsage as TokenUsage
     from agentkit.interfaces import ToolCall as ToolCall
     from agentkit.interfaces import ToolCalls as ToolCalls
     from agentkit.interfaces import ToolManager as ToolManager
@@ -109,10 +111,12 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "FinalAnswer",
         "Memory",
         "Message",
+        "ModelReply",
         "Planner",
         "RepeatSafety",
         "RunState",
         "SecurityManager",
+        "TokenUsage",
         "ToolCall",
         "ToolCalls",
         "ToolManager",

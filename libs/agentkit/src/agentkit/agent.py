@@ -60,6 +60,7 @@ from agentkit.interfaces import (
     Planner,
     RunState,
     SecurityManager,
+    TokenUsage,
     ToolCall,
     ToolCalls,
     ToolManager,
@@ -162,6 +163,7 @@ class Agent:
         context: CallContext | None = None,
         resume_from: Sequence[RecordedStep] = (),
         repeat_safe: Callable[[str], Awaitable[bool]] | None = None,
+        max_total_tokens: int | None = None,
     ) -> AgentResult:
         """Run until a stop condition; never raises for a failure of the task itself.
 
@@ -169,7 +171,10 @@ class Agent:
         ``context.allowed_tools`` is the run's own allowlist, for the security manager.
         ``resume_from`` is an earlier attempt's record of the steps, oldest first, to go on from;
         ``repeat_safe`` says which tools may be called again when their outcome is unknown (none
-        without it). See the module's doc.
+        without it). See the module's doc. ``max_total_tokens`` bounds the tokens of the model's
+        replies over the whole task (the resumed steps' recorded replies count): a reply that
+        takes the total past it stops the run before its calls run (a final answer still ends
+        the run as answered, since its tokens are spent either way).
         """
         context = context or CallContext()
         run = _Run(
@@ -180,6 +185,7 @@ class Agent:
             timeout_seconds=timeout_seconds,
             context=context,
             repeat_safe=repeat_safe or _nothing_is_repeat_safe,
+            max_total_tokens=max_total_tokens,
         )
         return await run.execute(resume_from)
 
@@ -201,9 +207,12 @@ class _Run:
         timeout_seconds: float | None,
         context: CallContext,
         repeat_safe: Callable[[str], Awaitable[bool]],
+        max_total_tokens: int | None,
     ) -> None:
         self._parts = parts
         self._repeat_safe = repeat_safe
+        self._max_total_tokens = max_total_tokens
+        self._usage = TokenUsage()
         self._unfinished: RecordedStep | None = None
         """A step an earlier attempt started and never recorded as finished: the next to run."""
         self._input = input_data
@@ -256,7 +265,7 @@ class _Run:
                 # The recorded decision stands in for the model's: it is not asked again.
                 decision: ToolCalls | FinalAnswer = ToolCalls(
                     calls=unfinished.calls, message=unfinished.message
-                )
+                )  # its reply's tokens were counted when it was replayed
             else:
                 decision = await self._interruptible(partial(parts.planner.decide, state))
         except LlmError as error:
@@ -270,9 +279,23 @@ class _Run:
             if unsafe:
                 unknown = _outcome_unknown(step_index, unsafe)
                 return self._failure(StopReason.OUTCOME_UNKNOWN, unknown)
+        if decision.reply is not None:
+            self._usage += decision.reply.usage
         if isinstance(decision, FinalAnswer):
             output = {**self._partial_output(), "result": decision.result}
-            return AgentResult(ok=True, stop_reason=StopReason.COMPLETED, output=output)
+            return AgentResult(
+                ok=True,
+                stop_reason=StopReason.COMPLETED,
+                output=output,
+                final_reply=decision.reply,
+            )
+        budget = self._max_total_tokens
+        if budget is not None and self._usage.total > budget:
+            return self._failure(
+                StopReason.TOKEN_BUDGET,
+                f"the model's replies used {self._usage.total} tokens, more than the task's "
+                f"budget of {budget} (max_total_tokens); stopped before step {step_index + 1}",
+            )
         if step_index >= parts.max_steps:
             return self._failure(
                 StopReason.MAX_STEPS,
@@ -282,7 +305,11 @@ class _Run:
             Message(role="assistant", content=decision.message or "", tool_calls=decision.calls)
         )
         calls = tuple(decision.calls)
-        await self._emit(StepStarted(step_index=step_index, calls=calls, message=decision.message))
+        await self._emit(
+            StepStarted(
+                step_index=step_index, calls=calls, message=decision.message, reply=decision.reply
+            )
+        )
         self._current_step = []
         outcomes: list[ToolCallFinished] = []
         ended: AgentResult | None = None
@@ -306,6 +333,8 @@ class _Run:
         for step in recorded:
             if step.step_index != len(self._completed_steps):
                 return  # not the next step: nothing after a gap is taken as done
+            if step.reply is not None:
+                self._usage += step.reply.usage  # spent, whatever becomes of the step
             if step.outcomes is None:
                 self._unfinished = step
                 return

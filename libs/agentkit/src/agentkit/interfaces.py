@@ -81,12 +81,42 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Tokens a model counted for a reply: read (the prompt) and written (the completion)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    """What a language model said about itself when it made a decision: its name, why it
+    stopped, and the tokens of every request the decision took (a reply asked for again
+    because it was unusable counts too). Its content and calls are the decision itself."""
+
+    model: str | None = None
+    finish_reason: str | None = None
+    usage: TokenUsage = TokenUsage()
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCalls:
     """Planner decision: run these calls (in order) as the next step."""
 
     calls: tuple[ToolCall, ...]
     message: str | None = None
     """The planner's own words about the step, if it has any (an LLM's reasoning text)."""
+    reply: ModelReply | None = None
+    """The model reply it came from; ``None`` for a planner with no model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +124,8 @@ class FinalAnswer:
     """Planner decision: the run is done; ``result`` becomes the output's ``"result"``."""
 
     result: JsonValue = None
+    reply: ModelReply | None = None
+    """The model reply it came from; ``None`` for a planner with no model."""
 
 
 Decision = ToolCalls | FinalAnswer

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from pydantic import JsonValue
 
-from agentkit.interfaces import CallOutcome, ToolCall
+from agentkit.interfaces import CallOutcome, ModelReply, ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,8 @@ class StepStarted:
     step_index: int
     calls: tuple[ToolCall, ...]
     message: str | None = None
+    reply: ModelReply | None = None
+    """The model reply that decided the step (``None`` without a model)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class StopReason(StrEnum):
     MAX_STEPS = "max_steps"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
+    TOKEN_BUDGET = "token_budget"
+    """The model's replies used more tokens than the run may (``max_total_tokens``)."""
     OUTCOME_UNKNOWN = "outcome_unknown"
     """A resumed run found a step an earlier attempt started but never recorded as finished, and
     a call of it is not safe to repeat: it may have happened, so it is not run again."""
@@ -86,6 +90,8 @@ class AgentResult:
     stop_reason: StopReason
     output: dict[str, JsonValue]
     error_message: str | None = None
+    final_reply: ModelReply | None = None
+    """The model reply that gave the final answer (``None`` without a model, or on failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +107,5 @@ class RecordedStep:
     calls: tuple[ToolCall, ...]
     message: str | None = None
     outcomes: tuple[CallOutcome, ...] | None = None
+    reply: ModelReply | None = None
+    """The model reply that decided it, as recorded (its tokens count toward the budget)."""

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agentkit.errors import LlmError
+from agentkit.interfaces import TokenUsage
 from agentkit.planning.chat_completions import AssistantReply, ChatCompletionsClient, RawToolCall
 from agentkit.testing.scripted_chat_server import (
     ScriptedChatServer,
@@ -57,12 +58,15 @@ async def test_a_reply_with_two_tool_calls(server: ScriptedChatServer, stream: b
             ),
         ),
         finish_reason="tool_calls",
+        model="test-model",
+        usage=TokenUsage(0, 0),
     )
     (request,) = server.requests
     assert request.path == "/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-test"
     expected: dict[str, Any] = {"model": "test-model", "messages": USER, "tools": [ADD_SCHEMA]}
-    assert request.body == (expected | {"stream": True} if stream else expected)
+    streamed = {"stream": True, "stream_options": {"include_usage": True}}
+    assert request.body == (expected | streamed if stream else expected)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
@@ -70,9 +74,23 @@ async def test_a_final_text_answer(server: ScriptedChatServer, stream: bool) -> 
     server.add(ScriptedReply(content="The sum is 5."))
     async with _client(server, stream=stream) as client:
         reply = await client.complete(USER)
-    assert reply == AssistantReply(content="The sum is 5.", finish_reason="stop")
+    assert reply == AssistantReply(
+        content="The sum is 5.", finish_reason="stop", model="test-model", usage=TokenUsage(0, 0)
+    )
     assert "authorization" not in server.requests[0].headers
     assert "tools" not in server.requests[0].body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+async def test_the_token_usage_the_server_counts_is_read(
+    server: ScriptedChatServer, stream: bool
+) -> None:
+    """A streamed reply counts its tokens in a last chunk, sent because the client asks for it
+    (``stream_options.include_usage``); a plain one in its ``usage``."""
+    server.add(ScriptedReply(content="5", prompt_tokens=120, completion_tokens=7))
+    async with _client(server, stream=stream) as client:
+        reply = await client.complete(USER)
+    assert (reply.content, reply.usage) == ("5", TokenUsage(input_tokens=120, output_tokens=7))
 
 
 async def test_a_429_waits_as_long_as_retry_after_says(server: ScriptedChatServer) -> None:

@@ -9,7 +9,13 @@ import pytest
 from pydantic import JsonValue
 
 from agentkit.agent import Agent
-from agentkit.interfaces import CallContext, RunState, SecurityManager
+from agentkit.interfaces import (
+    CallContext,
+    ModelReply,
+    RunState,
+    SecurityManager,
+    TokenUsage,
+)
 from agentkit.memory import BoundedMemory, MemorySnapshot
 from agentkit.planning.chat_completions import ChatCompletionsClient
 from agentkit.planning.llm import DEFAULT_SYSTEM_PROMPT, LlmPlanner, ToolNames
@@ -119,6 +125,7 @@ async def test_the_model_calls_two_tools_at_once_then_answers_from_their_results
             ],
             "result": "2 + 3 = 5; 4 * 5 = 20",
         },
+        final_reply=ModelReply(model="scripted", finish_reason="stop", usage=TokenUsage(0, 0)),
     )
     assert records.outline() == [
         ("started", "call_add", "math.add"),
@@ -308,3 +315,54 @@ def test_tool_names_become_valid_function_names_and_map_back() -> None:
     ]
     assert names.tool("math.add") == "math.add"
     assert names.tool("math__sub") is None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+async def test_each_decision_carries_its_model_reply_and_tokens(
+    server: ScriptedChatServer, model: ChatCompletionsClient, stream: bool
+) -> None:
+    """A step's record says which model decided it, why it stopped and what it cost; an unusable
+    reply asked for again costs too, so its tokens join the next usable one's."""
+    model.stream = stream
+    unusable = ScriptedReply(
+        tool_calls=[ScriptedToolCall("no__such_tool", {})], prompt_tokens=50, completion_tokens=5
+    )
+    server.add(
+        unusable,
+        ScriptedReply(
+            tool_calls=[ScriptedToolCall("math__add", {"a": 1, "b": 1}, id="c1")],
+            prompt_tokens=60,
+            completion_tokens=6,
+        ),
+        ScriptedReply(content="2", prompt_tokens=70, completion_tokens=1),
+    )
+    records = Records()
+    result = await _agent(model).run(GOAL, on_step=records)
+    assert result.ok
+    started = [r for r in records.records if isinstance(r, StepStarted)]
+    assert [r.reply for r in started] == [
+        ModelReply(model="scripted", finish_reason="tool_calls", usage=TokenUsage(110, 11))
+    ]
+    assert result.final_reply == ModelReply(
+        model="scripted", finish_reason="stop", usage=TokenUsage(70, 1)
+    )
+
+
+async def test_a_reply_past_the_token_budget_is_not_acted_on(
+    server: ScriptedChatServer, model: ChatCompletionsClient
+) -> None:
+    server.add(
+        ScriptedReply(
+            tool_calls=[ScriptedToolCall("math__add", {"a": 1, "b": 1}, id="c1")],
+            prompt_tokens=90,
+            completion_tokens=20,
+        )
+    )
+    records = Records()
+    result = await _agent(model).run(GOAL, on_step=records, max_total_tokens=100)
+    assert result.stop_reason is StopReason.TOKEN_BUDGET
+    assert result.error_message == (
+        "the model's replies used 110 tokens, more than the task's budget of 100 "
+        "(max_total_tokens); stopped before step 1"
+    )
+    assert records.records == []  # the step was never started

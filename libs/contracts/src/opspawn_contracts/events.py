@@ -93,6 +93,9 @@ class TaskOptions(_Data):
     allowed_tools: list[Annotated[str, StringConstraints(pattern=ALLOWED_TOOL_PATTERN)]] | None = (
         Field(default=None, min_length=1)
     )
+    max_total_tokens: int | None = Field(default=None, ge=1, exclude_if=lambda value: value is None)
+    """The most tokens the model's replies may use over the whole task (every attempt): the
+    reply that goes past it is not acted on and the task fails saying so. Left out when unset."""
 
 
 class TaskSubmittedData(_Data):
@@ -111,6 +114,16 @@ class TaskSubmittedData(_Data):
     """How many attempts the task gets: ``options.max_attempts``, else the scheduler's default,
     decided once at submission (the runner that takes the first attempt from this event needs
     it). Absent from events written before it existed: read as ``options.max_attempts`` or 1."""
+
+
+class ModelReplyRecord(_Data):
+    """What the model said about the reply that decided a step (or gave the final answer):
+    which model, why it stopped, and the tokens of every request that decision took."""
+
+    model: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    finish_reason: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
 
 
 class ToolCallIntent(_Data):
@@ -139,6 +152,11 @@ class StepIntent(_Data):
     calls: list[ToolCallIntent] = Field(min_length=1)
     message: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """What the model said alongside its calls, if anything."""
+    model_reply: ModelReplyRecord | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+    """The model reply that decided the step; absent for a plan's steps (and in streams
+    written before it existed)."""
 
 
 class TaskStartedData(_Data):
@@ -210,6 +228,10 @@ class StepOutcomes(_Data):
 class TaskCompletedData(_Data):
     attempt: int = Field(ge=1)
     output_data: dict[str, JsonValue]
+    final_reply: ModelReplyRecord | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+    """The model reply that gave the final answer (a model task only)."""
     last_step: StepOutcomes | None = Field(default=None, exclude_if=lambda value: value is None)
     """The last step's outcomes, when they were not recorded in a StepCompleted of their own."""
     started: TaskStartedData | None = Field(default=None, exclude_if=lambda value: value is None)

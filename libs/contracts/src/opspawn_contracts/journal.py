@@ -20,11 +20,12 @@ retried starts again from its first step, as it always did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from opspawn_contracts.events import (
     Event,
+    ModelReplyRecord,
     StepCompleted,
     StepIntent,
     StepStarted,
@@ -44,6 +45,24 @@ class RecordedStep:
     attempt: int
     intent: StepIntent
     outcomes: tuple[ToolCallOutcome, ...] | None = None
+
+
+def recorded_replies(event: Event) -> Iterator[ModelReplyRecord]:
+    """The model replies ``event`` records: a step intent's, and a final answer's."""
+    intents: list[StepIntent | None] = []
+    match event:
+        case TaskStarted():
+            intents.append(event.data.first_step)
+        case StepStarted():
+            intents.append(event.data.step)
+        case TaskCompleted() | TaskFailed() | TaskAttemptFailed():
+            if event.data.started is not None:
+                intents.append(event.data.started.first_step)
+            if isinstance(event, TaskCompleted) and event.data.final_reply is not None:
+                yield event.data.final_reply
+    for intent in intents:
+        if intent is not None and intent.model_reply is not None:
+            yield intent.model_reply
 
 
 def recorded_steps(events: Iterable[Event]) -> list[RecordedStep]:

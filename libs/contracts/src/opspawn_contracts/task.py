@@ -39,6 +39,7 @@ from opspawn_contracts.events import (
     ToolCallCompleted,
     ToolCallRequested,
 )
+from opspawn_contracts.journal import recorded_replies
 
 
 class TaskStatus(StrEnum):
@@ -76,6 +77,9 @@ class TaskView(BaseModel):
     """Submission time plus ``options.timeout_seconds``: past it the task times out."""
     retry_at: datetime | None = None
     """While a retry is scheduled and not yet started: when its attempt is queued."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """Tokens of the model replies the task's attempts recorded (steps and final answer)."""
 
 
 _FENCED_EVENT_TYPES = frozenset(
@@ -150,6 +154,7 @@ def evolve(state: TaskView | None, event: Event) -> TaskView | None:
         )
     if state is None or state.status.is_terminal or is_superseded(state, event):
         return state
+    state = _spent(state, event)
     match event:
         case TaskStarted():
             return _started(state, event.data.attempt, event.occurred_at)
@@ -235,3 +240,16 @@ def _claimed_by(state: TaskView, event: TaskCompleted | TaskFailed | TaskAttempt
     it carries one: the attempt starts and ends in one event."""
     started = event.data.started
     return state if started is None else _started(state, started.attempt, event.occurred_at)
+
+
+def _spent(state: TaskView, event: Event) -> TaskView:
+    """The state with the tokens of the model replies ``event`` records added."""
+    replies = list(recorded_replies(event))
+    if not replies:
+        return state
+    return state.model_copy(
+        update={
+            "input_tokens": state.input_tokens + sum(reply.input_tokens for reply in replies),
+            "output_tokens": state.output_tokens + sum(reply.output_tokens for reply in replies),
+        }
+    )

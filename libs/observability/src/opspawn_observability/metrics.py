@@ -43,6 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from opspawn_contracts.dead_letters import DeadLetterSource
 from opspawn_contracts.events import Event
+from opspawn_contracts.journal import recorded_replies
 from opspawn_messaging.settlement import (
     Done,
     Dropped,
@@ -90,6 +91,12 @@ TASKS = Counter(
     "Tasks entering a status as the projection records it: pending when submitted, running when "
     "an attempt starts, then completed, failed (timeouts included) or cancelled.",
     ["status"],
+)
+LLM_TOKENS = Counter(
+    "opspawn_llm_tokens",
+    "Tokens of the model replies tasks recorded, as the projection records them, by model and "
+    "kind (input: the prompt, output: the completion).",
+    ["model", "kind"],
 )
 PROJECTION_LAG_EVENTS = Gauge(
     "opspawn_projection_lag_events",
@@ -182,6 +189,7 @@ _STATUS_OF_EVENT = {
 }
 _tool_labels = BoundedLabelValues(MAX_TOOL_LABELS)
 _server_labels = BoundedLabelValues(MAX_SERVER_LABELS)
+_model_labels = BoundedLabelValues(MAX_SERVER_LABELS)
 
 
 def count_projected(events: Iterable[Event | None]) -> None:
@@ -190,6 +198,10 @@ def count_projected(events: Iterable[Event | None]) -> None:
         if event is not None:
             if getattr(event.data, "started", None) is not None:
                 TASKS.labels("running").inc()  # the attempt's claim rides in its last event
+            for reply in recorded_replies(event):
+                model = _model_labels(reply.model or "unknown")
+                LLM_TOKENS.labels(model, "input").inc(reply.input_tokens)
+                LLM_TOKENS.labels(model, "output").inc(reply.output_tokens)
             status = _STATUS_OF_EVENT.get(event.event_type)
             if status is not None:
                 TASKS.labels(status).inc()

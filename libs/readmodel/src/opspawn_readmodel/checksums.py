@@ -13,6 +13,7 @@ Reads run in the caller's transaction; for a read model that is being written, o
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,12 @@ def _key(table: Table) -> str:
     return column.name
 
 
-def _row_text(table: Table) -> str:
-    return f"md5(row({', '.join(column.name for column in table.columns)})::text)"
+def _row_text(table: Table, columns: Sequence[str] | None = None) -> str:
+    names = columns if columns is not None else [column.name for column in table.columns]
+    unknown = set(names) - {column.name for column in table.columns}
+    if unknown:
+        raise ValueError(f"{table.name} has no column {', '.join(sorted(unknown))}")
+    return f"md5(row({', '.join(names)})::text)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +57,24 @@ class ReadModelChecksums:
 
 
 async def checksums(
-    connection: AsyncConnection, projection: str, *, schema: str | None = None
+    connection: AsyncConnection,
+    projection: str,
+    *,
+    schema: str | None = None,
+    columns: Mapping[str, Sequence[str]] | None = None,
 ) -> ReadModelChecksums:
-    """Checksums of the compared tables and the checkpoint of ``projection``."""
+    """Checksums of the compared tables and the checkpoint of ``projection``; ``columns``
+    limits a table to the columns named (to compare with a read model recorded before columns
+    were added), else every column counts."""
+    columns = columns or {}
     await connection.execute(text("SET LOCAL TIME ZONE 'UTC'"))
     tables: dict[str, TableChecksum] = {}
     for table in COMPARED_TABLES:
         row = (
             await connection.execute(
                 text(
-                    f"SELECT count(*), md5(coalesce(string_agg({_row_text(table)}, '' "
+                    f"SELECT count(*), md5(coalesce(string_agg("
+                    f"{_row_text(table, columns.get(table.name))}, '' "
                     f"ORDER BY {_key(table)}), '')) FROM {_qualified(table, schema)}"
                 )
             )

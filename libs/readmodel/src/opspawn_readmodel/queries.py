@@ -51,6 +51,8 @@ def _task_view(row: Row[Any]) -> TaskView:
         idempotency_key=row.idempotency_key,
         request_hash=row.request_hash,
         options=row.options,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
     )
 
 

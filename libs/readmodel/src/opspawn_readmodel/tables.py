@@ -40,6 +40,8 @@ tasks = Table(
     Column("attempt", Integer, nullable=False, server_default=text("0")),
     Column("deadline_at", DateTime(timezone=True)),
     Column("retry_at", DateTime(timezone=True)),
+    Column("input_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("output_tokens", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint(
         "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')",
         name="tasks_status_valid",

@@ -40,7 +40,7 @@ from nats.errors import Error as NatsError
 
 from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
-from agent_runner.journal import AttemptJournal, ClaimRefused
+from agent_runner.journal import AttemptJournal, ClaimRefused, reply_record
 from agent_runner.planner_selection import NO_PLAN_MESSAGE as NO_PLAN_MESSAGE
 from agent_runner.planner_selection import PlannerChoice, PlannerSelection
 from agent_runner.step_metrics import StepMetrics
@@ -50,10 +50,12 @@ from agentkit import (
     BoundedMemory,
     CallContext,
     CallOutcome,
+    ModelReply,
     RecordedStep,
     SecurityManager,
     StepRecord,
     StopReason,
+    TokenUsage,
     ToolAllowlist,
     ToolCall,
     ToolManager,
@@ -257,6 +259,7 @@ class TaskExecution:
                 ),
                 resume_from=resume_from,
                 repeat_safe=self._repeat_safe,
+                max_total_tokens=assignment.options.max_total_tokens,
             )
         except (AttemptSuperseded, ClaimRefused, EventAppendFailed, EventTooLarge):
             raise
@@ -292,12 +295,20 @@ def _resumable(history: TaskHistory) -> list[RecordedStep]:
                 )
                 for outcome in step.outcomes
             )
+        said = step.intent.model_reply
         resumable.append(
             RecordedStep(
                 step_index=step.intent.step_index,
                 calls=tuple(calls.values()),
                 message=step.intent.message,
                 outcomes=outcomes,
+                reply=None
+                if said is None
+                else ModelReply(
+                    model=said.model,
+                    finish_reason=said.finish_reason,
+                    usage=TokenUsage(said.input_tokens, said.output_tokens),
+                ),
             )
         )
     return resumable
@@ -319,7 +330,11 @@ def _terminal_event(
     if result.ok:
         return TaskCompleted(
             **chain.envelope(),
-            data=TaskCompletedData(attempt=assignment.attempt, output_data=result.output),
+            data=TaskCompletedData(
+                attempt=assignment.attempt,
+                output_data=result.output,
+                final_reply=reply_record(result.final_reply),
+            ),
         )
     message = result.error_message or "the agent run failed"
     if result.stop_reason is StopReason.DEADLINE and assignment.options.timeout_seconds:

@@ -38,9 +38,10 @@ from nats.errors import Error as NatsError
 
 from agent_runner.attempts import Claim, NothingToRun, StartedElsewhere, claim
 from agent_runner.event_chain import AttemptSuperseded, EventAppendFailed, EventChain
-from agentkit import StepFinished, StepStarted
+from agentkit import ModelReply, StepFinished, StepStarted
 from opspawn_contracts.events import (
     Event,
+    ModelReplyRecord,
     StepCompleted,
     StepCompletedData,
     StepIntent,
@@ -56,6 +57,18 @@ from opspawn_contracts.work import TaskAssignment
 from opspawn_messaging.event_log import ConcurrencyConflict, EventLog, EventTooLarge, TaskHistory
 
 CLAIM_TRIES = 5
+
+
+def reply_record(reply: ModelReply | None) -> ModelReplyRecord | None:
+    """A model reply as the journal records it."""
+    if reply is None:
+        return None
+    return ModelReplyRecord(
+        model=reply.model,
+        finish_reason=reply.finish_reason,
+        input_tokens=reply.usage.input_tokens,
+        output_tokens=reply.usage.output_tokens,
+    )
 
 
 class ClaimRefused(Exception):
@@ -133,6 +146,7 @@ class AttemptJournal:
                 for call in step.calls
             ],
             message=step.message,
+            model_reply=reply_record(step.reply),
         )
         if self._chain is None:
             if self._may_run_unrecorded(intent):

@@ -46,6 +46,15 @@ MAX_SEQUENCE = 2**63 - 1
 to what the read model stores)."""
 
 
+class TokenTotals(BaseModel):
+    """Tokens of the model replies the task recorded (a task without a model: zero)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = Field(default=0, description="Read by the model (the prompts).")
+    output_tokens: int = Field(default=0, description="Written by the model (the completions).")
+
+
 class Task(BaseModel):
     """A task as clients see it."""
 
@@ -69,6 +78,10 @@ class Task(BaseModel):
     options: TaskOptions = Field(
         default_factory=TaskOptions, description="The per-task settings it was submitted with."
     )
+    usage: TokenTotals = Field(
+        default_factory=TokenTotals,
+        description="Tokens of its model replies so far; per step in its events' model_reply.",
+    )
 
     @classmethod
     def from_view(cls, view: TaskView) -> Task:
@@ -83,6 +96,7 @@ class Task(BaseModel):
             updated_at=view.updated_at,
             idempotency_key=view.idempotency_key,
             options=view.options,
+            usage=TokenTotals(input_tokens=view.input_tokens, output_tokens=view.output_tokens),
         )
 
 

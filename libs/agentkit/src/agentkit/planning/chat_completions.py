@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from agentkit.errors import LlmError
+from agentkit.interfaces import TokenUsage
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class AssistantReply:
     content: str | None
     tool_calls: tuple[RawToolCall, ...] = ()
     finish_reason: str | None = None
+    model: str | None = None
+    """The model that answered, as the server names it."""
+    usage: TokenUsage | None = None
+    """The server's count (``usage``; a stream's last chunk when asked with ``include_usage``);
+    ``None`` when it sent none."""
 
 
 class _Retryable(Exception):
@@ -129,6 +135,7 @@ class ChatCompletionsClient:
             body["tools"] = list(tools)
         if self.stream:
             body["stream"] = True
+            body["stream_options"] = {"include_usage": True}  # the last chunk counts tokens
         body |= self._extra_body
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
@@ -235,6 +242,8 @@ def _parse_completion(payload: bytes) -> AssistantReply:
             content=content if isinstance(content, str) else None,
             tool_calls=calls,
             finish_reason=choice.get("finish_reason"),
+            model=data.get("model"),
+            usage=_usage(data.get("usage")),
         )
     except (ValueError, LookupError, TypeError, AttributeError) as error:
         raise _Retryable(
@@ -250,10 +259,22 @@ def _arguments_text(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
+def _usage(counted: Any) -> TokenUsage | None:
+    """``usage`` of a completion or chunk (``prompt_tokens``, ``completion_tokens``)."""
+    if not isinstance(counted, dict):
+        return None
+    return TokenUsage(
+        input_tokens=int(counted.get("prompt_tokens") or 0),
+        output_tokens=int(counted.get("completion_tokens") or 0),
+    )
+
+
 async def _read_stream(response: httpx.Response) -> AssistantReply:
     content: list[str] = []
     calls: dict[int, _StreamedCall] = {}
     finish_reason: str | None = None
+    model: str | None = None
+    usage: TokenUsage | None = None
     done = False
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
@@ -268,6 +289,8 @@ async def _read_stream(response: httpx.Response) -> AssistantReply:
                 raise _Retryable(
                     f"the stream reported an error: {json.dumps(chunk['error'])[:_ERROR_TEXT]}"
                 )
+            model = chunk.get("model") or model
+            usage = _usage(chunk.get("usage")) or usage
             for choice in chunk.get("choices") or ():
                 if choice.get("index", 0) == 0:
                     finish_reason = _apply_delta(choice, content, calls) or finish_reason
@@ -285,6 +308,8 @@ async def _read_stream(response: httpx.Response) -> AssistantReply:
             for _, call in sorted(calls.items())
         ),
         finish_reason=finish_reason,
+        model=model,
+        usage=usage,
     )
 
 

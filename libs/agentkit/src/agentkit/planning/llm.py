@@ -24,6 +24,7 @@ concurrent runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -37,7 +38,9 @@ from agentkit.interfaces import (
     Decision,
     FinalAnswer,
     Message,
+    ModelReply,
     RunState,
+    TokenUsage,
     ToolCall,
     ToolCalls,
     ToolSpec,
@@ -120,11 +123,14 @@ class LlmPlanner:
             call.call_id for message in state.memory.messages() for call in message.tool_calls
         }
         problem = ""
+        usage = TokenUsage()
         for _ in range(self._max_repairs + 1):
             reply = await self._model.complete(messages, tools)
+            usage += reply.usage or TokenUsage()
             decision, problems = _decision(reply, names, used_ids, len(state.completed_steps))
             if decision is not None:
-                return decision
+                said = ModelReply(model=reply.model, finish_reason=reply.finish_reason, usage=usage)
+                return dataclasses.replace(decision, reply=said)
             problem = "; ".join(text for text in problems.values() if text)
             logger.warning("the model's reply cannot be used (%s); asking again", problem)
             messages += _repair(reply, problems, names)

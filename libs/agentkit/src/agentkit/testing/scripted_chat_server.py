@@ -57,6 +57,10 @@ class ScriptedReply:
     """Seconds to wait before answering."""
     cut_stream: bool = False
     """When streaming: send half the events, then drop the connection."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    """The ``usage`` it reports (a stream reports it in a last chunk only when the request asks
+    with ``stream_options.include_usage``, as OpenAI's server does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +236,7 @@ class ScriptedChatServer:
             "created": int(time.time()),
             "model": request.body.get("model", "scripted"),
             "choices": [{"index": 0, "message": message, "finish_reason": _finish(reply)}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "usage": _usage(reply),
         }
 
     async def _stream(
@@ -296,8 +300,18 @@ class ScriptedChatServer:
                 for i in range(0, len(arguments), _PIECE)
             ]
         events.append(chunk({}, _finish(reply)))
+        if (request.body.get("stream_options") or {}).get("include_usage"):
+            events.append(json.dumps({**base, "choices": [], "usage": _usage(reply)}))
         events.append("[DONE]")
         return events
+
+
+def _usage(reply: ScriptedReply) -> dict[str, int]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
 
 
 def _finish(reply: ScriptedReply) -> str:
