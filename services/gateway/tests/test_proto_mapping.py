@@ -6,8 +6,14 @@ from uuid import uuid4
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from gateway.proto_mapping import status_filter, struct_to_dict, task_to_proto
+from gateway.proto_mapping import (
+    options_from_proto,
+    status_filter,
+    struct_to_dict,
+    task_to_proto,
+)
 from opspawn.v1 import tasks_pb2
+from opspawn_contracts.events import TaskOptions
 from opspawn_contracts.task import TaskStatus, TaskView
 
 
@@ -33,11 +39,17 @@ def test_a_task_maps_field_for_field() -> None:
         error_message="step 1 failed",
         created_at=moment,
         updated_at=moment,
+        options=TaskOptions(max_attempts=2, max_total_tokens=5000),
+        input_tokens=1200,
+        output_tokens=80,
     )
 
     message = task_to_proto(task)
 
     assert message.task_id == str(task.task_id)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (1200, 80)
+    assert (message.options.max_attempts, message.options.max_total_tokens) == (2, 5000)
+    assert options_from_proto(message.options) == {"max_attempts": 2, "max_total_tokens": 5000}
     assert message.status == tasks_pb2.TASK_STATUS_FAILED
     assert json_format.MessageToDict(message.input_data) == task.input_data
     assert json_format.MessageToDict(message.output_data) == {"steps": []}
@@ -60,6 +72,7 @@ def test_unset_optional_fields_stay_unset() -> None:
 
     assert not message.HasField("output_data")
     assert not message.HasField("error_message")
+    assert not message.options.HasField("max_total_tokens")
 
 
 def test_status_filter() -> None:

@@ -72,6 +72,8 @@ def task_to_proto(task: TaskView) -> tasks_pb2.Task:
     if task.idempotency_key is not None:
         message.idempotency_key = task.idempotency_key
     message.options.CopyFrom(options_to_proto(task.options))
+    message.usage.input_tokens = task.input_tokens
+    message.usage.output_tokens = task.output_tokens
     return message
 
 
@@ -81,6 +83,8 @@ def options_to_proto(options: TaskOptions) -> tasks_pb2.TaskOptions:
         message.timeout_seconds = options.timeout_seconds
     if options.max_attempts is not None:
         message.max_attempts = options.max_attempts
+    if options.max_total_tokens is not None:
+        message.max_total_tokens = options.max_total_tokens
     return message
 
 
@@ -93,6 +97,8 @@ def options_from_proto(message: tasks_pb2.TaskOptions) -> dict[str, JsonValue]:
         options["max_attempts"] = message.max_attempts
     if message.allowed_tools:
         options["allowed_tools"] = list(message.allowed_tools)
+    if message.HasField("max_total_tokens"):
+        options["max_total_tokens"] = message.max_total_tokens
     return options
 
 

@@ -26,43 +26,45 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16opspawn/v1/tasks.proto\x12\nopspawn.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.opspawn.v1.TaskStatus\x12+\n\ninput_data\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0boutput_data\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\rerror_message\x18\x06 \x01(\tH\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0fidempotency_key\x18\t \x01(\tH\x01\x88\x01\x01\x12(\n\x07options\x18\n \x01(\x0b\x32\x17.opspawn.v1.TaskOptionsB\x10\n\x0e_error_messageB\x12\n\x10_idempotency_key\"\x82\x01\n\x0bTaskOptions\x12\x1c\n\x0ftimeout_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\rallowed_tools\x18\x03 \x03(\tB\x12\n\x10_timeout_secondsB\x0f\n\r_max_attempts\"\x88\x02\n\tTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x12\x19\n\x0c\x63\x61usation_id\x18\t \x01(\tH\x00\x88\x01\x01\x42\x0f\n\r_causation_id\"\x96\x01\n\x11\x43reateTaskRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12+\n\ninput_data\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.opspawn.v1.TaskOptions\"F\n\x12\x43reateTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"1\n\x0fGetTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\"\xd7\x01\n\x10ListTasksRequest\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.opspawn.v1.TaskStatus\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\ttask_type\x18\x04 \x01(\t\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.opspawn.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x05\"?\n\x16ListTaskEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.opspawn.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x12\x43\x61ncelTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05\x32\xd2\x03\n\x0bTaskService\x12K\n\nCreateTask\x12\x1d.opspawn.v1.CreateTaskRequest\x1a\x1e.opspawn.v1.CreateTaskResponse\x12\x42\n\x07GetTask\x12\x1a.opspawn.v1.GetTaskRequest\x1a\x1b.opspawn.v1.GetTaskResponse\x12H\n\tListTasks\x12\x1c.opspawn.v1.ListTasksRequest\x1a\x1d.opspawn.v1.ListTasksResponse\x12W\n\x0eListTaskEvents\x12!.opspawn.v1.ListTaskEventsRequest\x1a\".opspawn.v1.ListTaskEventsResponse\x12K\n\nCancelTask\x12\x1d.opspawn.v1.CancelTaskRequest\x1a\x1e.opspawn.v1.CancelTaskResponse\x12\x42\n\tWatchTask\x12\x1c.opspawn.v1.WatchTaskRequest\x1a\x15.opspawn.v1.TaskEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16opspawn/v1/tasks.proto\x12\nopspawn.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.opspawn.v1.TaskStatus\x12+\n\ninput_data\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0boutput_data\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\rerror_message\x18\x06 \x01(\tH\x00\x88\x01\x01\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0fidempotency_key\x18\t \x01(\tH\x01\x88\x01\x01\x12(\n\x07options\x18\n \x01(\x0b\x32\x17.opspawn.v1.TaskOptions\x12%\n\x05usage\x18\x0b \x01(\x0b\x32\x16.opspawn.v1.TokenUsageB\x10\n\x0e_error_messageB\x12\n\x10_idempotency_key\"9\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\"\xb6\x01\n\x0bTaskOptions\x12\x1c\n\x0ftimeout_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\rallowed_tools\x18\x03 \x03(\t\x12\x1d\n\x10max_total_tokens\x18\x04 \x01(\x03H\x02\x88\x01\x01\x42\x12\n\x10_timeout_secondsB\x0f\n\r_max_attemptsB\x13\n\x11_max_total_tokens\"\x88\x02\n\tTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x16\n\x0eschema_version\x18\x07 \x01(\r\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\x12\x19\n\x0c\x63\x61usation_id\x18\t \x01(\tH\x00\x88\x01\x01\x42\x0f\n\r_causation_id\"\x96\x01\n\x11\x43reateTaskRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12+\n\ninput_data\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.opspawn.v1.TaskOptions\"F\n\x12\x43reateTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"1\n\x0fGetTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\"\xd7\x01\n\x10ListTasksRequest\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.opspawn.v1.TaskStatus\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x11\n\ttask_type\x18\x04 \x01(\t\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x11ListTasksResponse\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.opspawn.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x05\"?\n\x16ListTaskEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.opspawn.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x12\x43\x61ncelTaskResponse\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.opspawn.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x05\x32\xd2\x03\n\x0bTaskService\x12K\n\nCreateTask\x12\x1d.opspawn.v1.CreateTaskRequest\x1a\x1e.opspawn.v1.CreateTaskResponse\x12\x42\n\x07GetTask\x12\x1a.opspawn.v1.GetTaskRequest\x1a\x1b.opspawn.v1.GetTaskResponse\x12H\n\tListTasks\x12\x1c.opspawn.v1.ListTasksRequest\x1a\x1d.opspawn.v1.ListTasksResponse\x12W\n\x0eListTaskEvents\x12!.opspawn.v1.ListTaskEventsRequest\x1a\".opspawn.v1.ListTaskEventsResponse\x12K\n\nCancelTask\x12\x1d.opspawn.v1.CancelTaskRequest\x1a\x1e.opspawn.v1.CancelTaskResponse\x12\x42\n\tWatchTask\x12\x1c.opspawn.v1.WatchTaskRequest\x1a\x15.opspawn.v1.TaskEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opspawn.v1.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=1835
-  _globals['_TASKSTATUS']._serialized_end=2004
+  _globals['_TASKSTATUS']._serialized_start=1985
+  _globals['_TASKSTATUS']._serialized_end=2154
   _globals['_TASK']._serialized_start=102
-  _globals['_TASK']._serialized_end=509
-  _globals['_TASKOPTIONS']._serialized_start=512
-  _globals['_TASKOPTIONS']._serialized_end=642
-  _globals['_TASKEVENT']._serialized_start=645
-  _globals['_TASKEVENT']._serialized_end=909
-  _globals['_CREATETASKREQUEST']._serialized_start=912
-  _globals['_CREATETASKREQUEST']._serialized_end=1062
-  _globals['_CREATETASKRESPONSE']._serialized_start=1064
-  _globals['_CREATETASKRESPONSE']._serialized_end=1134
-  _globals['_GETTASKREQUEST']._serialized_start=1136
-  _globals['_GETTASKREQUEST']._serialized_end=1169
-  _globals['_GETTASKRESPONSE']._serialized_start=1171
-  _globals['_GETTASKRESPONSE']._serialized_end=1220
-  _globals['_LISTTASKSREQUEST']._serialized_start=1223
-  _globals['_LISTTASKSREQUEST']._serialized_end=1438
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1440
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1517
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=1519
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=1598
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=1600
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=1663
-  _globals['_CANCELTASKREQUEST']._serialized_start=1665
-  _globals['_CANCELTASKREQUEST']._serialized_end=1717
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1719
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1771
-  _globals['_WATCHTASKREQUEST']._serialized_start=1773
-  _globals['_WATCHTASKREQUEST']._serialized_end=1832
-  _globals['_TASKSERVICE']._serialized_start=2007
-  _globals['_TASKSERVICE']._serialized_end=2473
+  _globals['_TASK']._serialized_end=548
+  _globals['_TOKENUSAGE']._serialized_start=550
+  _globals['_TOKENUSAGE']._serialized_end=607
+  _globals['_TASKOPTIONS']._serialized_start=610
+  _globals['_TASKOPTIONS']._serialized_end=792
+  _globals['_TASKEVENT']._serialized_start=795
+  _globals['_TASKEVENT']._serialized_end=1059
+  _globals['_CREATETASKREQUEST']._serialized_start=1062
+  _globals['_CREATETASKREQUEST']._serialized_end=1212
+  _globals['_CREATETASKRESPONSE']._serialized_start=1214
+  _globals['_CREATETASKRESPONSE']._serialized_end=1284
+  _globals['_GETTASKREQUEST']._serialized_start=1286
+  _globals['_GETTASKREQUEST']._serialized_end=1319
+  _globals['_GETTASKRESPONSE']._serialized_start=1321
+  _globals['_GETTASKRESPONSE']._serialized_end=1370
+  _globals['_LISTTASKSREQUEST']._serialized_start=1373
+  _globals['_LISTTASKSREQUEST']._serialized_end=1588
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1590
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1667
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=1669
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=1748
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=1750
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=1813
+  _globals['_CANCELTASKREQUEST']._serialized_start=1815
+  _globals['_CANCELTASKREQUEST']._serialized_end=1867
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1869
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1921
+  _globals['_WATCHTASKREQUEST']._serialized_start=1923
+  _globals['_WATCHTASKREQUEST']._serialized_end=1982
+  _globals['_TASKSERVICE']._serialized_start=2157
+  _globals['_TASKSERVICE']._serialized_end=2623
 # @@protoc_insertion_point(module_scope)

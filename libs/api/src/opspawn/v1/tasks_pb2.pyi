@@ -27,7 +27,7 @@ TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_CANCELLED: TaskStatus
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "task_type", "status", "input_data", "output_data", "error_message", "created_at", "updated_at", "idempotency_key", "options")
+    __slots__ = ("task_id", "task_type", "status", "input_data", "output_data", "error_message", "created_at", "updated_at", "idempotency_key", "options", "usage")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Task(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task_type: str
     status: TaskStatus
@@ -48,17 +49,28 @@ class Task(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     idempotency_key: str
     options: TaskOptions
-    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., input_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ...) -> None: ...
+    usage: TokenUsage
+    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., input_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error_message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ...) -> None: ...
+
+class TokenUsage(_message.Message):
+    __slots__ = ("input_tokens", "output_tokens")
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("timeout_seconds", "max_attempts", "allowed_tools")
+    __slots__ = ("timeout_seconds", "max_attempts", "allowed_tools", "max_total_tokens")
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_TOOLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     timeout_seconds: float
     max_attempts: int
     allowed_tools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, timeout_seconds: _Optional[float] = ..., max_attempts: _Optional[int] = ..., allowed_tools: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_total_tokens: int
+    def __init__(self, timeout_seconds: _Optional[float] = ..., max_attempts: _Optional[int] = ..., allowed_tools: _Optional[_Iterable[str]] = ..., max_total_tokens: _Optional[int] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
     __slots__ = ("sequence", "event_id", "event_type", "occurred_at", "data", "task_id", "schema_version", "correlation_id", "causation_id")
