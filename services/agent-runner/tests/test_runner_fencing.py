@@ -143,6 +143,17 @@ async def _work_acked(js: JetStreamContext, subjects: Subjects, timeout: float =
     await _eventually(empty, "every work item to be acknowledged", timeout)
 
 
+async def _taken_over(
+    nats: EmbeddedNats, js: JetStreamContext, subjects: Subjects, assignment: TaskAssignment
+) -> list[StoredEvent]:
+    """Run a runner until it has finished the task a dead runner left (its work acked); the
+    task's history then."""
+    async with running(_settings(nats, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)):
+        history = await _history_with(js, subjects, assignment.task_id, _finished)
+        await _work_acked(js, subjects)
+    return history
+
+
 def _sleep(seconds: float) -> list[JsonValue]:
     return [{"tool": "util.sleep", "args": {"seconds": seconds}, "timeout_seconds": 60}]
 
@@ -165,11 +176,7 @@ async def test_a_runner_takes_over_the_attempt_of_a_runner_that_stopped_heart_be
         )
     )
 
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
     await crashed.unsubscribe()
 
     starts = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
@@ -371,11 +378,7 @@ async def test_a_first_delivery_of_an_attempt_whose_runner_is_gone_is_taken_over
             data=TaskStartedData(attempt=1, runner_id="gone"),
         )
     )
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
 
     starts = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
     assert [(s.data.runner_id, s.data.attempt, s.data.supersedes_attempt) for s in starts] == [
@@ -453,11 +456,7 @@ async def test_a_takeover_resumes_after_the_finished_steps_and_repeats_a_safe_un
     ]
     assignment = await _crash_after(jetstream, subjects, plan, recorded_result=1000)
 
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
 
     takeover = [stored.event for stored in history if runner_attempt(stored.event) == 2]
     intents = []
@@ -491,11 +490,7 @@ async def test_a_takeover_does_not_repeat_an_unfinished_call_that_is_not_safe_to
     ]
     assignment = await _crash_after(jetstream, subjects, plan, recorded_result=3)
 
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
 
     failed = history[-1].event
     assert isinstance(failed, TaskFailed)
@@ -546,11 +541,7 @@ async def test_an_unfinished_mcp_call_not_safe_to_repeat_is_made_once_and_ends_o
     ]
     assignment = await _crash_after(jetstream, subjects, plan, perform=toolbox_proxy)
 
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
 
     failed = history[-1].event
     assert isinstance(failed, TaskFailed)
@@ -575,11 +566,7 @@ async def test_an_unfinished_mcp_call_declared_idempotent_is_repeated_and_the_ta
     ]
     assignment = await _crash_after(jetstream, subjects, plan, perform=toolbox_proxy)
 
-    async with running(
-        _settings(nats_server, subjects, "runner-a", work_ack_wait_seconds=SHORT_ACK_WAIT)
-    ):
-        history = await _history_with(jetstream, subjects, assignment.task_id, _finished)
-        await _work_acked(jetstream, subjects)
+    history = await _taken_over(nats_server, jetstream, subjects, assignment)
 
     completed = history[-1].event
     assert isinstance(completed, TaskCompleted)
