@@ -20,7 +20,7 @@ retried starts again from its first step, as it always did.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from opspawn_contracts.events import (
@@ -47,22 +47,26 @@ class RecordedStep:
     outcomes: tuple[ToolCallOutcome, ...] | None = None
 
 
-def recorded_replies(event: Event) -> Iterator[ModelReplyRecord]:
-    """The model replies ``event`` records: a step intent's, and a final answer's."""
-    intents: list[StepIntent | None] = []
+def recorded_replies(event: Event) -> tuple[ModelReplyRecord, ...]:
+    """The model replies ``event`` records: a step intent's, and a final answer's (called for
+    every event the projection folds, so the common case, none, returns at once)."""
     match event:
         case TaskStarted():
-            intents.append(event.data.first_step)
+            return _reply_of(event.data.first_step)
         case StepStarted():
-            intents.append(event.data.step)
+            return _reply_of(event.data.step)
         case TaskCompleted() | TaskFailed() | TaskAttemptFailed():
-            if event.data.started is not None:
-                intents.append(event.data.started.first_step)
+            started = event.data.started
+            replies = _reply_of(started.first_step) if started is not None else ()
             if isinstance(event, TaskCompleted) and event.data.final_reply is not None:
-                yield event.data.final_reply
-    for intent in intents:
-        if intent is not None and intent.model_reply is not None:
-            yield intent.model_reply
+                replies += (event.data.final_reply,)
+            return replies
+        case _:
+            return ()
+
+
+def _reply_of(intent: StepIntent | None) -> tuple[ModelReplyRecord, ...]:
+    return () if intent is None or intent.model_reply is None else (intent.model_reply,)
 
 
 def recorded_steps(events: Iterable[Event]) -> list[RecordedStep]:

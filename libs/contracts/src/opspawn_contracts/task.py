@@ -244,7 +244,7 @@ def _claimed_by(state: TaskView, event: TaskCompleted | TaskFailed | TaskAttempt
 
 def _spent(state: TaskView, event: Event) -> TaskView:
     """The state with the tokens of the model replies ``event`` records added."""
-    replies = list(recorded_replies(event))
+    replies = recorded_replies(event)
     if not replies:
         return state
     return state.model_copy(
