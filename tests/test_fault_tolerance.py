@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -174,6 +175,36 @@ async def test_cancelling_a_running_task_stops_its_runner_mid_call(
     assert history[-1].event.event_type == "TaskCancelled"
 
 
+@dataclass(frozen=True)
+class Killed:
+    task_id: UUID
+    victim: str
+    task: dict[str, Any]
+    """The task as the REST API shows it once it ended elsewhere."""
+
+
+async def _kill_its_runner(
+    system: LocalSystem,
+    rest: httpx.AsyncClient,
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    plan: list[dict[str, Any]],
+    *,
+    when: Callable[[list[StoredEvent]], bool],
+    what: str,
+) -> Killed:
+    """Submit ``plan``, SIGKILL the runner of its first attempt once ``when`` holds (given the
+    task's history), and wait for the task to end elsewhere."""
+    task_id = await _submit(rest, plan)
+    history = await _history_until(jetstream, subjects, task_id, when, what)
+    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
+    victim = f"agent-{first.data.runner_id}"
+    assert system.supervisor is not None
+    system.supervisor.kill(victim)
+    task: dict[str, Any] = await wait_terminal(rest, str(task_id), timeout=60)
+    return Killed(task_id, victim, task)
+
+
 async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
     fast_system: LocalSystem,
     rest: httpx.AsyncClient,
@@ -184,20 +215,17 @@ async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
         {"tool": "util.sleep", "args": {"seconds": 3}, "timeout_seconds": 30},
         {"tool": "math.add", "args": {"a": 20, "b": 22}},
     ]
-    task_id = await _submit(rest, plan)
-    history = await _history_until(
+    killed = await _kill_its_runner(
+        fast_system,
+        rest,
         jetstream,
         subjects,
-        task_id,
-        lambda history: history[-1].event.event_type == "TaskStarted",
-        "the first step to start (its intent is recorded with the claim)",
+        plan,
+        when=lambda history: history[-1].event.event_type == "TaskStarted",
+        what="the first step to start (its intent is recorded with the claim)",
     )
-    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
-    victim = f"agent-{first.data.runner_id}"
+    task_id, task = killed.task_id, killed.task
     assert fast_system.supervisor is not None
-
-    fast_system.supervisor.kill(victim)
-    task = await wait_terminal(rest, str(task_id), timeout=60)
 
     assert task["status"] == "completed", task
     assert task["output_data"]["result"] == 42
@@ -209,7 +237,7 @@ async def test_a_runner_killed_mid_task_is_replaced_and_the_task_completes_once(
     ]
     [completed] = [event for event in events if isinstance(event, TaskCompleted)]
     assert completed.data.attempt == 2
-    assert fast_system.supervisor.restarts(victim) == 1
+    assert fast_system.supervisor.restarts(killed.victim) == 1
 
 
 async def test_a_runner_killed_during_step_3_of_4_resumes_there_and_runs_steps_1_and_2_once(
@@ -233,23 +261,19 @@ async def test_a_runner_killed_during_step_3_of_4_resumes_there_and_runs_steps_1
         {"tool": "util.sleep", "args": {"seconds": 3}, "timeout_seconds": 30},
         append("step 4"),
     ]
-    task_id = await _submit(rest, plan)
-    history = await _history_until(
+    killed = await _kill_its_runner(
+        fast_system,
+        rest,
         jetstream,
         subjects,
-        task_id,
-        lambda history: any(
+        plan,
+        when=lambda history: any(
             isinstance(stored.event, StepStarted) and stored.event.data.step.step_index == 2
             for stored in history
         ),
-        "step 3 to start",
+        what="step 3 to start",
     )
-    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
-    victim = f"agent-{first.data.runner_id}"
-    assert fast_system.supervisor is not None
-
-    fast_system.supervisor.kill(victim)
-    task = await wait_terminal(rest, str(task_id), timeout=60)
+    task_id, task = killed.task_id, killed.task
 
     assert task["status"] == "completed", task
     assert lines.read_text() == "step 1\nstep 2\nstep 4\n"
@@ -259,31 +283,6 @@ async def test_a_runner_killed_during_step_3_of_4_resumes_there_and_runs_steps_1
     assert takeover.data.supersedes_attempt == 1
     assert takeover.data.first_step is not None
     assert takeover.data.first_step.step_index == 2  # step 3: nothing before it runs again
-
-
-async def _kill_the_runner_during_step_2(
-    system: LocalSystem,
-    rest: httpx.AsyncClient,
-    jetstream: JetStreamContext,
-    subjects: Subjects,
-    plan: list[dict[str, Any]],
-    *,
-    effect_done: Callable[[], bool],
-) -> dict[str, Any]:
-    """Submit ``plan``, SIGKILL the runner once step 2's call has had its effect (it is still
-    running), and wait for the task to end elsewhere."""
-    task_id = await _submit(rest, plan)
-
-    async def step_2_took_effect() -> bool:
-        return effect_done()
-
-    await _eventually(step_2_took_effect, "step 2's call to take effect")
-    history = await EventLog(jetstream, subjects).task_history(task_id)
-    [first] = [stored.event for stored in history if isinstance(stored.event, TaskStarted)]
-    assert system.supervisor is not None
-    system.supervisor.kill(f"agent-{first.data.runner_id}")
-    task: dict[str, Any] = await wait_terminal(rest, str(task_id), timeout=60)
-    return task
 
 
 async def test_a_runner_killed_mid_call_of_a_tool_not_safe_to_repeat_ends_outcome_unknown(
@@ -304,14 +303,17 @@ async def test_a_runner_killed_mid_call_of_a_tool_not_safe_to_repeat_ends_outcom
         },
     ]
 
-    task = await _kill_the_runner_during_step_2(
-        fast_system,
-        rest,
-        jetstream,
-        subjects,
-        plan,
-        effect_done=lambda: lines.exists() and "two" in lines.read_text(),
-    )
+    task = (
+        await _kill_its_runner(
+            fast_system,
+            rest,
+            jetstream,
+            subjects,
+            plan,
+            when=lambda _: lines.exists() and "two" in lines.read_text(),
+            what="step 2's call to take effect (it is still running)",
+        )
+    ).task
 
     assert task["status"] == "failed", task
     assert task["error_message"].startswith("outcome unknown: step 2"), task
@@ -336,9 +338,17 @@ async def test_a_runner_killed_mid_call_of_an_idempotent_tool_has_it_repeated_an
         },
     ]
 
-    task = await _kill_the_runner_during_step_2(
-        fast_system, rest, jetstream, subjects, plan, effect_done=calls.exists
-    )
+    task = (
+        await _kill_its_runner(
+            fast_system,
+            rest,
+            jetstream,
+            subjects,
+            plan,
+            when=lambda _: calls.exists(),
+            what="step 2's call to take effect (it is still running)",
+        )
+    ).task
 
     assert task["status"] == "completed", task
     assert task["output_data"]["result"] == "k=v"

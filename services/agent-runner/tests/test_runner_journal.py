@@ -7,6 +7,7 @@ is played by the test, appending to the same history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from uuid import uuid4
 
 import pytest
@@ -18,6 +19,7 @@ from agent_runner.journal import AttemptJournal, ClaimRefused
 from agentkit import StepFinished, StepStarted, ToolCall, ToolCallFinished
 from opspawn_contracts.deadlines import timed_out
 from opspawn_contracts.events import (
+    Event,
     TaskAttemptFailed,
     TaskAttemptFailedData,
     TaskCancelled,
@@ -120,52 +122,50 @@ async def test_an_inline_step_and_the_attempts_end_are_one_write_after_the_submi
     assert data.last_step.outcomes[0].ok
 
 
-async def test_an_attempt_whose_one_write_finds_the_task_cancelled_records_nothing(
-    jetstream: JetStreamContext, subjects: Subjects
-) -> None:
-    log = EventLog(jetstream, subjects)
-    assignment = await _submitted(log)
-    journal = _journal(log, assignment)
-    await _run_noop_step(journal)
-    cancelled = TaskCancelled(
+def _cancelled(assignment: TaskAssignment) -> TaskCancelled:
+    return TaskCancelled(
         task_id=assignment.task_id,
         correlation_id=assignment.correlation_id,
         causation_id=assignment.causation_id,
         data=TaskCancelledData(reason="changed my mind"),
     )
-    await log.append(cancelled, expected_version=assignment.after_sequence)
-
-    with pytest.raises(ClaimRefused) as refused:
-        await journal.append(_completed)
-
-    assert isinstance(refused.value.decision, NothingToRun)
-    history = await log.task_history(assignment.task_id)
-    assert [stored.event.event_type for stored in history] == ["TaskSubmitted", "TaskCancelled"]
 
 
-async def test_an_attempt_whose_one_write_finds_another_runner_started_it_records_nothing(
-    jetstream: JetStreamContext, subjects: Subjects
-) -> None:
-    """A first delivery that lost the race (a copy of the item is running elsewhere) writes
-    nothing: its inline step changed nothing, and the other runner's attempt goes on."""
-    log = EventLog(jetstream, subjects)
-    assignment = await _submitted(log)
-    journal = _journal(log, assignment)
-    await _run_noop_step(journal)
-    other = TaskStarted(
+def _started_elsewhere(assignment: TaskAssignment) -> TaskStarted:
+    return TaskStarted(
         task_id=assignment.task_id,
         correlation_id=assignment.correlation_id,
         causation_id=assignment.causation_id,
         data=TaskStartedData(attempt=1, runner_id="the-other-runner"),
     )
+
+
+@pytest.mark.parametrize(
+    ("other_write", "refusal"),
+    [(_cancelled, NothingToRun), (_started_elsewhere, StartedElsewhere)],
+    ids=["the task was cancelled", "another runner started it"],
+)
+async def test_an_attempt_whose_one_write_finds_another_writer_first_records_nothing(
+    jetstream: JetStreamContext,
+    subjects: Subjects,
+    other_write: Callable[[TaskAssignment], Event],
+    refusal: type[NothingToRun | StartedElsewhere],
+) -> None:
+    """Its inline step changed nothing, so a refused claim leaves only the other writer's
+    event (a copy of the item running elsewhere goes on; a cancelled task stays cancelled)."""
+    log = EventLog(jetstream, subjects)
+    assignment = await _submitted(log)
+    journal = _journal(log, assignment)
+    await _run_noop_step(journal)
+    other = other_write(assignment)
     await log.append(other, expected_version=assignment.after_sequence)
 
     with pytest.raises(ClaimRefused) as refused:
         await journal.append(_completed)
 
-    assert isinstance(refused.value.decision, StartedElsewhere)
+    assert isinstance(refused.value.decision, refusal)
     history = await log.task_history(assignment.task_id)
-    assert [stored.event.event_type for stored in history] == ["TaskSubmitted", "TaskStarted"]
+    assert [stored.event.event_type for stored in history] == ["TaskSubmitted", other.event_type]
 
 
 async def test_a_redelivered_item_of_an_attempt_that_ended_in_one_write_runs_nothing(
